@@ -1,0 +1,52 @@
+"""Every notebook runs through papermill with tiny parameters, writing into a temporary root."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ditguide.notebook import run_notebook, stage_parameters
+from ditguide.profiles import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+
+# Tiny parameters per notebook: enough to run every cell, small enough for CI.
+TINY = {
+    "03_evaluate_t2i": {"samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0]},
+}
+
+# Files each notebook must write under its output root (relative, {profile} filled in).
+EXPECTED = {
+    "03_evaluate_t2i": ["metrics/t2i_{profile}.json", "figures/t2i_{profile}_samples.pdf",
+                        "figures/t2i_{profile}_tradeoff.pdf", "paper/tables/t2i_{profile}.tex"],
+}
+
+
+def test_every_notebook_has_tiny_parameters():
+    assert NOTEBOOKS, "no notebooks found"
+    assert {p.stem for p in NOTEBOOKS} == set(TINY), "add tiny parameters for every notebook"
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_with_tiny_parameters(source, tmp_path):
+    stage = source.stem.split("_", 1)[1]
+    params = stage_parameters(stage, load_params(REPO / "params.yaml"))
+    params.update(TINY[source.stem], output_root=str(tmp_path))
+    out = run_notebook(source, tmp_path / "executed.ipynb", params, cwd=REPO)
+    assert out.is_file()
+    for rel in EXPECTED[source.stem]:
+        assert (tmp_path / rel.format(profile=params["profile"])).is_file(), rel
+    if stage == "evaluate_t2i":
+        metrics = json.loads((tmp_path / f"metrics/t2i_{params['profile']}.json").read_text())
+        assert set(metrics["methods"]) == {"none", "cfg", "cfg@3"}
+        assert metrics["count"] == 30
+        for m in metrics["methods"].values():
+            assert 0 <= m["accuracy"] <= 1 and m["fd"] >= 0
+
+
+def test_bad_profile_fails_before_work(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    params["profile"] = "flux-devv"
+    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: cogview4, flux-dev, toy, wan2.1-t2v-1.3b"):
+        stage_parameters("evaluate_t2i", params)
