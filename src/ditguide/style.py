@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def use() -> None:
 
 
 def color(method: str) -> str:
-    return METHOD_COLORS.get(method.split(":")[0], "#333333")
+    """Colour of a method's family: "cfg@2" and "cfg" share cfg's colour."""
+    return METHOD_COLORS.get(re.split(r"[:@]", method)[0], "#333333")
 
 
 def save_figure(fig, path: str | os.PathLike, also_png: bool = True) -> Path:
@@ -60,12 +62,12 @@ def save_figure(fig, path: str | os.PathLike, also_png: bool = True) -> Path:
     path = Path(path).with_suffix(".pdf")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="pdf", metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    fig.savefig(tmp, format="pdf", bbox_inches="tight", pad_inches=0.02, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
     tmp.replace(path)
     if also_png:
         png = path.with_suffix(".png")
         tmp = png.with_name(f".{png.name}.tmp")
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.02, metadata={"Software": None})
         tmp.replace(png)
     return path
 

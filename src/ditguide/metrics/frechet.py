@@ -17,7 +17,7 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), as in clean-fid / pytorch-fid."""
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         # Near-singular product: regularize as the reference implementations do.
         offset = np.eye(sigma1.shape[0]) * eps

@@ -1,0 +1,666 @@
+"""Sharded, resumable rendering of a prompt list to files, for FID/CLIP-SIM and VBench.
+
+Layout of a generation folder `out_dir`:
+
+    out_dir/manifest.json   what made these files: renderer description, seeds, package versions
+    out_dir/samples/        the outputs and nothing else (VBench and clean-fid read this folder)
+    out_dir/.partial/       files being written; moved into samples/ only when complete
+
+Images are `{index:05d}.png`; videos follow VBench's naming, `{prompt}-{i}.mp4` with i = 0..4
+(five seeds per prompt). Sample `index` always gets the noise of `sample_seed(index, base_seed)`
+(the renderer draws it with `ditguide.seeding`), so a file does not depend on the batch size,
+the number of processes, or on which run (first or resumed) produced it.
+
+Runs on one process or many (`accelerate launch`): process r renders the indices with
+`index % num_processes == r`; every file is written to `.partial/` and moved into place with
+`os.replace`, so a killed run leaves no half-written output, and a rerun renders only what is
+missing. The manifest is checked on every run: resuming with a different model, spec, seed or
+software is an error, never a silent mix of two runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .seeding import sample_seed
+
+KINDS = ("image", "video")
+MANIFEST_NAME = "manifest.json"
+SAMPLES_DIRNAME = "samples"
+PARTIAL_DIRNAME = ".partial"
+MANIFEST_FORMAT = "ditguide.generate/1"
+# VBench's protocol: five videos per prompt, files `{prompt}-{i}.mp4`, i = 0..4.
+VBENCH_VIDEOS_PER_PROMPT = 5
+# libx264 constant-rate factor for saved videos: 18 is visually lossless; VBench scores the
+# decoded frames, so heavier compression (imageio's default quality 5 is CRF 25) would leak
+# codec artifacts into imaging/aesthetic quality.
+DEFAULT_VIDEO_CRF = 18
+# Most filesystems (ext4, xfs, NFS) cap one file name at 255 bytes.
+MAX_FILE_NAME_BYTES = 255
+# Packages whose version can change the rendered pixels: a resumed run must use the same ones.
+OUTPUT_AFFECTING_PACKAGES = ("ditguide", "torch", "diffusers", "transformers", "numpy", "pillow", "imageio-ffmpeg")
+
+
+class Renderer(Protocol):
+    """What `generate` renders with (see `ditguide.render.PipelineRenderer`)."""
+
+    kind: str  # "image" or "video"
+    fps: int  # videos only
+
+    def describe(self) -> dict:
+        """Model, spec and sampling settings, recorded in the manifest."""
+        ...
+
+    def render(self, prompts: list[str], indices: list[int]) -> list[np.ndarray]:
+        """HxWx3 uint8 images or TxHxWx3 uint8 videos; sample i's noise depends only on index i."""
+        ...
+
+
+class ManifestMismatchError(RuntimeError):
+    """The folder holds outputs of a different run (model, spec, seeds, prompts or software)."""
+
+
+class IncompleteOutputError(RuntimeError):
+    """Some expected outputs are missing or do not decode; `missing` and `corrupt` hold their indices."""
+
+    def __init__(self, message: str, missing: list[int], corrupt: dict[int, str]):
+        super().__init__(message)
+        self.missing = missing
+        self.corrupt = corrupt
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int  # position in the run; its noise is sample_seed(index, base_seed)
+    prompt: str
+    file: str  # file name inside samples/
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    out_dir: Path
+    planned: int  # samples this call was asked for (all processes)
+    assigned: int  # of those, this process's shard
+    rendered: int  # rendered by this process in this call
+    skipped: int  # already present in this process's shard
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts and the sample plan
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a .txt (one per line, blank lines ignored), .csv or .json file.
+
+    CSV and JSON records take the first of the keys `prompt`, `caption`, `prompt_en`. VBench's
+    `VBench_full_info.json` (records with `prompt_en`) lists two prompts twice (under two
+    dimensions); VBench finds a prompt's videos by file name, so those duplicates share one set
+    of files and are dropped here, keeping the first occurrence.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    suffix = path.suffix.lower()
+    keys = ("prompt", "caption", "prompt_en")
+    if suffix == ".txt":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            key = next((k for k in keys if k in (reader.fieldnames or [])), None)
+            if key is None:
+                raise ValueError(f"{path}: CSV needs a column named one of {keys}, has {reader.fieldnames}")
+            return [row[key] for row in reader]
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: JSON prompts must be a list of strings or of records")
+        if all(isinstance(x, str) for x in data):
+            return list(data)
+        if all(isinstance(x, dict) for x in data):
+            key = next((k for k in keys if all(k in x for x in data)), None)
+            if key is None:
+                raise ValueError(f"{path}: every JSON record needs one of the keys {keys}")
+            prompts = [x[key] for x in data]
+            if key == "prompt_en":
+                prompts = list(dict.fromkeys(prompts))
+            return prompts
+        raise ValueError(f"{path}: JSON prompts must be a list of strings or of records")
+    raise ValueError(f"prompts file {path}: suffix {suffix!r} not supported; allowed: .txt, .csv, .json")
+
+
+def video_file_name(prompt: str, i: int) -> str:
+    """VBench's file name for video i of `prompt`: `{prompt}-{i}.mp4`.
+
+    VBench (standard mode) looks each prompt's videos up by exactly this name, so the prompt
+    cannot be altered: a prompt that cannot be a file name (a '/', a NUL, '.'/'..', or longer
+    than the filesystem allows) is an error. VBench's standard suite has none (its longest
+    name is 216 bytes); for custom prompts, pass `names=` and evaluate in VBench's
+    `custom_input` mode with the prompt map that `generate` writes.
+    """
+    name = f"{prompt}-{i}.mp4"
+    if "/" in prompt or "\x00" in prompt or prompt in ("", ".", ".."):
+        raise ValueError(
+            f"prompt {prompt!r} cannot be a VBench file name (it contains '/' or NUL, or is empty); "
+            "pass names= to generate() and use VBench's custom_input mode"
+        )
+    if len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise ValueError(
+            f"prompt {prompt[:60]!r}... gives a {len(name.encode())}-byte file name (max {MAX_FILE_NAME_BYTES}); "
+            "pass names= to generate() and use VBench's custom_input mode"
+        )
+    return name
+
+
+def plan_samples(
+    prompts: Sequence[str],
+    kind: str,
+    *,
+    samples_per_prompt: int | None = None,
+    base_seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> list[Sample]:
+    """The full list of samples of a run, in index order.
+
+    Sample `p * samples_per_prompt + i` is seed i of prompt p. `samples_per_prompt` defaults to
+    1 for images and 5 (VBench) for videos. `names` gives each sample's file name stem (one per
+    sample; the suffix is added); by default images are `{index:05d}.png` and videos VBench's
+    `{prompt}-{i}.mp4`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    if samples_per_prompt is None:
+        samples_per_prompt = VBENCH_VIDEOS_PER_PROMPT if kind == "video" else 1
+    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be an integer >= 1, got {samples_per_prompt!r}")
+    if not isinstance(base_seed, int) or base_seed < 0:
+        raise ValueError(f"base_seed must be an integer >= 0, got {base_seed!r}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ValueError(f"prompts must be non-empty strings; bad entries at positions {bad[:10]}")
+    n = len(prompts) * samples_per_prompt
+    suffix = ".png" if kind == "image" else ".mp4"
+    if names is not None:
+        names = list(names)
+        if len(names) != n:
+            raise ValueError(f"names has {len(names)} entries, expected one per sample ({n})")
+        for stem in names:
+            if not stem or "/" in stem or "\x00" in stem or stem in (".", ".."):
+                raise ValueError(f"names entry {stem!r} cannot be a file name")
+        files = [f"{stem}{suffix}" for stem in names]
+    elif kind == "image":
+        files = [f"{k:05d}.png" for k in range(n)]
+    else:
+        files = [video_file_name(p, i) for p in prompts for i in range(samples_per_prompt)]
+    too_long = [f for f in files if len(f.encode("utf-8")) > MAX_FILE_NAME_BYTES]
+    if too_long:
+        raise ValueError(f"file name longer than {MAX_FILE_NAME_BYTES} bytes: {too_long[0][:80]!r}...")
+    seen: dict[str, int] = {}
+    for k, f in enumerate(files):
+        if f in seen:
+            raise ValueError(
+                f"samples {seen[f]} and {k} would both be written to {f!r} "
+                "(duplicate prompt? deduplicate the prompt list, or pass distinct names=)"
+            )
+        seen[f] = k
+    return [
+        Sample(index=k, prompt=prompts[k // samples_per_prompt], file=files[k], seed=sample_seed(k, base_seed))
+        for k in range(n)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in OUTPUT_AFFECTING_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _json_normal(value):
+    """The value as it reads back from JSON (tuples become lists, ...), to compare manifests."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def build_manifest(renderer: Renderer, plan: Sequence[Sample], *, base_seed: int, samples_per_prompt: int, video_crf: int) -> dict:
+    kind = renderer.kind
+    encoding = (
+        {"format": "png", "writer": "Pillow"}
+        if kind == "image"
+        else {"format": "mp4", "codec": "libx264", "pix_fmt": "yuv420p", "crf": video_crf, "writer": "imageio-ffmpeg"}
+    )
+    return _json_normal(
+        {
+            "format": MANIFEST_FORMAT,
+            "kind": kind,
+            "fps": int(renderer.fps) if kind == "video" else None,
+            "renderer": renderer.describe(),
+            "base_seed": base_seed,
+            "samples_per_prompt": samples_per_prompt,
+            "encoding": encoding,
+            "versions": package_versions(),
+            "samples": [asdict(s) for s in plan],
+            # Not compared on resume: where and when the run started.
+            "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "git_commit": _git_commit()},
+        }
+    )
+
+
+def _differences(old, new, where: str = "", limit: int = 8) -> list[str]:
+    if type(old) is not type(new):
+        return [f"{where or 'manifest'}: existing {old!r:.80} / this run {new!r:.80}"]
+    if isinstance(old, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            sub = f"{where}.{key}" if where else key
+            if key not in old or key not in new:
+                out.append(f"{sub}: present only in the {'existing manifest' if key in old else 'this run'}")
+            else:
+                out += _differences(old[key], new[key], sub, limit)
+            if len(out) >= limit:
+                break
+        return out[:limit]
+    if isinstance(old, list):
+        if len(old) != len(new):
+            return [f"{where}: {len(old)} entries existing / {len(new)} this run"]
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            out += _differences(a, b, f"{where}[{i}]", limit)
+            if len(out) >= limit:
+                break
+        return out[:limit]
+    return [] if old == new else [f"{where}: existing {old!r:.80} / this run {new!r:.80}"]
+
+
+def _comparable(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k != "provenance"}
+
+
+def load_manifest(out_dir: str | os.PathLike) -> dict:
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no generation manifest at {path}: run `python -m ditguide.generate` for this folder first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def ensure_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write the manifest if the folder has none; otherwise require it to describe the same run."""
+    path = out_dir / MANIFEST_NAME
+    if path.is_file():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        diffs = _differences(_comparable(existing), _comparable(manifest))
+        if diffs:
+            raise ManifestMismatchError(
+                f"{out_dir} holds outputs of a different run; refusing to mix them. Differences:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a new --out folder (or delete this one to start over)."
+            )
+        return
+    _write_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------
+# writing one output
+
+
+def _check_output(arr, kind: str, index: int) -> np.ndarray:
+    arr = np.asarray(arr)
+    want = "HxWx3" if kind == "image" else "TxHxWx3"
+    ndim = 3 if kind == "image" else 4
+    if arr.dtype != np.uint8 or arr.ndim != ndim or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise ValueError(f"renderer output for sample {index}: expected a {want} uint8 array, got {arr.dtype} {arr.shape}")
+    if kind == "video" and (arr.shape[1] % 2 or arr.shape[2] % 2):
+        # yuv420p (what players and VBench's decoders expect) needs even sizes; refuse rather than resize.
+        raise ValueError(f"renderer output for sample {index}: video height and width must be even, got {arr.shape[1:3]}")
+    return arr
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
+    import imageio_ffmpeg
+
+    height, width = video.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        quality=None,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        # -f: the temporary name has no .mp4 suffix; bitexact: no encoder-version strings, so the
+        # same frames give the same bytes.
+        output_params=["-crf", str(crf), "-f", "mp4", "-fflags", "+bitexact", "-flags", "+bitexact", "-map_metadata", "-1"],
+    )
+    writer.send(None)
+    for frame in video:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def _save(sample: Sample, output: np.ndarray, kind: str, samples_dir: Path, partial_dir: Path, fps: int, crf: int) -> None:
+    # Temporary names are short: a VBench file name may already be near the 255-byte limit.
+    tmp = partial_dir / f"{sample.index:06d}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        if kind == "image":
+            with open(tmp, "wb") as f:
+                f.write(_encode_png(output))
+        else:
+            _write_mp4(tmp, output, fps, crf)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, samples_dir / sample.file)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# generation
+
+
+class _SingleProcess:
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def _default_state():
+    """accelerate's PartialState: the launcher's (torchrun / accelerate launch) process group, or one process.
+
+    On a machine without CUDA it is asked for CPU processes; otherwise a CPU-only launch would not
+    form a process group and every process would render everything.
+    """
+    try:
+        import torch
+        from accelerate import PartialState
+    except ImportError:  # accelerate is a dependency; this only keeps bare installs working on one process
+        return _SingleProcess()
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def generate(
+    renderer: Renderer,
+    prompts: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 1,
+    base_seed: int | None = None,
+    names: Sequence[str] | None = None,
+    samples_per_prompt: int | None = None,
+    limit: int | None = None,
+    video_crf: int = DEFAULT_VIDEO_CRF,
+    state=None,
+    progress: bool = True,
+) -> GenerationSummary:
+    """Render `prompts` into `out_dir/samples/`, this process's shard only, skipping finished files.
+
+    `base_seed` defaults to the renderer's `base_seed` attribute (or 0); if both are given they must
+    agree, since the renderer draws the noise. `limit` renders only the first `limit` samples of the
+    plan (the manifest still records the full plan, so a later run without `limit` continues it).
+    `state` is an accelerate `PartialState` (default: a new one; anything with `num_processes`,
+    `process_index`, `is_main_process` and `wait_for_everyone()` works).
+    """
+    kind = getattr(renderer, "kind", None)
+    if kind not in KINDS:
+        raise ValueError(f"renderer.kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be an integer >= 0 or None, got {limit!r}")
+    if not isinstance(video_crf, int) or not 0 <= video_crf <= 51:
+        raise ValueError(f"video_crf must be an integer in 0..51, got {video_crf!r}")
+    renderer_seed = getattr(renderer, "base_seed", None)
+    if base_seed is None:
+        base_seed = 0 if renderer_seed is None else int(renderer_seed)
+    elif renderer_seed is not None and int(renderer_seed) != base_seed:
+        raise ValueError(f"base_seed={base_seed} but the renderer draws noise with base_seed={renderer_seed}; make them agree")
+    fps = 0
+    if kind == "video":
+        fps = getattr(renderer, "fps", None)
+        if not isinstance(fps, int) or fps < 1:
+            raise ValueError(f"renderer.fps must be an integer >= 1 for videos, got {fps!r}")
+    if samples_per_prompt is None:
+        samples_per_prompt = VBENCH_VIDEOS_PER_PROMPT if kind == "video" else 1
+    plan = plan_samples(prompts, kind, samples_per_prompt=samples_per_prompt, base_seed=base_seed, names=names)
+    todo = plan if limit is None else plan[:limit]
+
+    out_dir = Path(out_dir)
+    samples_dir = out_dir / SAMPLES_DIRNAME
+    partial_dir = out_dir / PARTIAL_DIRNAME
+    state = _default_state() if state is None else state
+    rank, world = int(state.process_index), int(state.num_processes)
+
+    manifest = build_manifest(renderer, plan, base_seed=base_seed, samples_per_prompt=samples_per_prompt, video_crf=video_crf)
+    if (out_dir / MANIFEST_NAME).is_file():
+        ensure_manifest(out_dir, manifest)  # resuming: every process refuses a different run, before any barrier
+    if state.is_main_process:
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a killed run (no process is writing yet: the others wait below).
+        for stale in partial_dir.glob("*.tmp"):
+            stale.unlink(missing_ok=True)
+        ensure_manifest(out_dir, manifest)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        ensure_manifest(out_dir, manifest)  # a process whose software differs from the main one's fails here
+
+    mine = [s for s in todo if s.index % world == rank]
+    pending = [s for s in mine if not (samples_dir / s.file).exists()]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(mine),
+        initial=len(mine) - len(pending),
+        desc=f"generate {out_dir.name} [{rank + 1}/{world}]",
+        unit=kind,
+        position=rank,
+        disable=not progress,
+    )
+    try:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            outputs = renderer.render([s.prompt for s in batch], [s.index for s in batch])
+            if len(outputs) != len(batch):
+                raise ValueError(f"renderer returned {len(outputs)} outputs for {len(batch)} prompts")
+            for sample, output in zip(batch, outputs):
+                _save(sample, _check_output(output, kind, sample.index), kind, samples_dir, partial_dir, fps, video_crf)
+                bar.update(1)
+    finally:
+        bar.close()
+    return GenerationSummary(out_dir=out_dir, planned=len(todo), assigned=len(mine), rendered=len(pending), skipped=len(mine) - len(pending))
+
+
+# ----------------------------------------------------------------------------------------------
+# checking a finished folder
+
+
+def _decode_error(path: Path, kind: str) -> str | None:
+    """None if the file decodes, else why not."""
+    try:
+        if kind == "image":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.size[0] == 0 or im.size[1] == 0:
+                    return "empty image"
+        else:
+            import imageio_ffmpeg
+
+            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+            if frames < 1:
+                return "no frames"
+    except Exception as e:  # any decoder failure means the file is unusable
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:200]
+    return None
+
+
+def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: bool = False) -> list[Path]:
+    """Paths of samples 0..n-1 (default: the whole plan) in index order, after checking each decodes.
+
+    Missing or undecodable files raise `IncompleteOutputError` listing their indices; nothing is
+    skipped silently. `delete_corrupt=True` also deletes the undecodable ones so that a rerun of
+    the same generate command renders them again.
+    """
+    out_dir = Path(out_dir)
+    manifest = load_manifest(out_dir)
+    plan = manifest["samples"]
+    if n is None:
+        n = len(plan)
+    if not isinstance(n, int) or not 0 <= n <= len(plan):
+        raise ValueError(f"n must be an integer in 0..{len(plan)} (the run's plan), got {n!r}")
+    samples_dir = out_dir / SAMPLES_DIRNAME
+    paths, missing, corrupt = [], [], {}
+    for s in plan[:n]:
+        path = samples_dir / s["file"]
+        paths.append(path)
+        if not path.is_file():
+            missing.append(s["index"])
+            continue
+        why = _decode_error(path, manifest["kind"])
+        if why is not None:
+            corrupt[s["index"]] = why
+            if delete_corrupt:
+                path.unlink()
+    if missing or corrupt:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (indices {_short(missing)})")
+        if corrupt:
+            first = next(iter(corrupt.items()))
+            parts.append(f"{len(corrupt)} corrupt (indices {_short(list(corrupt))}; e.g. {first[0]}: {first[1]})")
+        raise IncompleteOutputError(
+            f"{out_dir}: of samples 0..{n - 1}, " + " and ".join(parts) + ". Rerun the same generate command to render them"
+            + ("" if delete_corrupt or not corrupt else " after deleting the corrupt files (verify(..., delete_corrupt=True))")
+            + ".",
+            missing,
+            corrupt,
+        )
+    return paths
+
+
+def _short(indices: list[int], k: int = 20) -> str:
+    return ", ".join(map(str, indices[:k])) + (f", ... ({len(indices) - k} more)" if len(indices) > k else "")
+
+
+def prompt_map(out_dir: str | os.PathLike, n: int | None = None) -> dict[str, str]:
+    """{file path: prompt} for samples 0..n-1: VBench's `custom_input` prompt file format."""
+    out_dir = Path(out_dir)
+    plan = load_manifest(out_dir)["samples"]
+    return {str(out_dir / SAMPLES_DIRNAME / s["file"]): s["prompt"] for s in plan[: len(plan) if n is None else n]}
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ditguide.generate",
+        description="Render a prompt list to out/samples/ (resumable; shard with `accelerate launch`).",
+    )
+    parser.add_argument("--profile", required=True, help="profile name in params.yaml")
+    parser.add_argument("--spec", default=None, help="guidance/edit spec (default: the profile's default sampling)")
+    parser.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .json prompt file")
+    parser.add_argument("--out", required=True, help="output folder (manifest.json, samples/)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None, help="render only the first N samples of the plan")
+    parser.add_argument("--base-seed", type=int, default=None, help="default: the renderer's base seed")
+    parser.add_argument("--samples-per-prompt", type=int, default=None, help="default: 1 for images, 5 for videos (VBench)")
+    parser.add_argument("--video-crf", type=int, default=DEFAULT_VIDEO_CRF)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    # Cheap checks first: a bad prompt file or option fails before any weights load.
+    prompts = read_prompts(args.prompts)
+    for name in ("batch_size", "limit", "samples_per_prompt", "base_seed"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("limit", "base_seed") else 1):
+            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name in ('limit', 'base_seed') else 1}, got {value}")
+
+    from .profiles import load_renderer  # lazy: pulls in diffusers and the model family
+
+    state = _default_state()
+    renderer = load_renderer(args.profile, args.spec, params_path=args.params)
+    summary = generate(
+        renderer,
+        prompts,
+        args.out,
+        batch_size=args.batch_size,
+        base_seed=args.base_seed,
+        samples_per_prompt=args.samples_per_prompt,
+        limit=args.limit,
+        video_crf=args.video_crf,
+        state=state,
+        progress=not args.no_progress,
+    )
+    state.wait_for_everyone()
+    if state.is_main_process:
+        paths = verify(args.out, summary.planned)
+        print(f"{args.out}: {len(paths)} samples complete and decodable")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
