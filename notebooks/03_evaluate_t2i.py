@@ -26,6 +26,8 @@ cfg_scales = [1.5, 2.0, 3.0]
 output_root = "."
 params_file = "params.yaml"
 judge_path = "data/toy/judge.safetensors"
+specs = None  # guidance specs to evaluate (None: every spec of the profile in params.yaml)
+runs_dir = "runs"
 
 # %%
 import json
@@ -44,10 +46,11 @@ root = Path(output_root)
 
 # %%
 result = evaluate_t2i_toy(profile, samples_per_class=samples_per_class, batch_size=batch_size, base_seed=base_seed, cfg_scales=cfg_scales,
-                          params=params_file, judge_path=judge_path)
+                          params=params_file, judge_path=judge_path, specs=specs,
+                          runs_dir=runs_dir)
 print(json.dumps({k: v for k, v in result.metrics.items() if k != "methods"}, indent=1))
 for name, m in result.metrics["methods"].items():
-    print(f"{name:>12}: FD {m['fd']:.3f}  CLIP {m['clip']:.4f}  acc {m['accuracy']:.3f}  NFE/step {m['nfe_per_step']:g}")
+    print(f"{name:>18}: FD {m['fd']:.3f}  CLIP {m['clip']:.4f}  acc {m['accuracy']:.3f}  NFE/step {m['nfe_per_step']:g}")
 
 # %% [markdown]
 # ## Samples (rows: digits 0-9; same seeds in every panel)

@@ -8,6 +8,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The test models are tiny: one thread is faster than two fighting over small kernels, and it keeps
+# timings stable when other work shares the machine.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -245,11 +245,11 @@ def test_read_prompts_formats(tmp_path):
 
 
 def test_cli_uses_load_renderer_and_verifies(tmp_path, monkeypatch, capsys):
-    import ditguide.profiles as profiles
+    import ditguide.render as profiles
 
     calls = []
 
-    def fake_load_renderer(profile, spec, params_path="params.yaml"):
+    def fake_load_renderer(profile, spec, params_path="params.yaml", base_seed=0):
         calls.append((profile, spec, params_path))
         return NoiseRenderer()
 

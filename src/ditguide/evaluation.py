@@ -19,7 +19,7 @@ class T2IResult:
 
     def table(self) -> str:
         rows = [
-            (name, m["cfg_scale"], m["nfe_per_step"], m["fd"], m["clip"], m["accuracy"])
+            (name, "-" if m["cfg_scale"] is None else m["cfg_scale"], m["nfe_per_step"], m["fd"], m["clip"], m["accuracy"])
             for name, m in self.metrics["methods"].items()
         ]
         floor = self.metrics["floor"]["fd_real_halves"]
@@ -42,41 +42,84 @@ def evaluate_t2i_toy(
     batch_size: int = 250,
     base_seed: int = 0,
     cfg_scales: list[float] = (),
+    specs: list[str] | None = None,
     params="params.yaml",
     judge_path: str = "data/toy/judge.safetensors",
+    runs_dir: str = "runs",
 ) -> T2IResult:
-    """No guidance, CFG at the profile's default scale, and a CFG sweep, on the toy profile."""
-    from .metrics.toy import load_judge
-    from .toy.evaluate import balanced_labels, evaluate_renderer, heldout_reference, real_floor
+    """No guidance, the profile's default CFG, a CFG sweep and the profile's guidance specs.
 
+    Every method goes through the same path as a real model: `generate` writes PNGs (resumable;
+    the folder name carries a hash of the renderer's description, so a retrained model or a changed
+    spec never reuses old samples), then the toy judge reads them back as `Samples`.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .generate import generate
+    from .metrics import Samples
+    from .metrics.toy import ToyJudgeMetric, load_judge
+    from .profiles import load_params
+    from .render import guidance_spec
+    from .toy.data import prompt_for
+    from .toy.evaluate import balanced_labels, heldout_reference, real_floor
+
+    params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.family != "toy":
         raise ValueError(f"evaluate_t2i_toy needs a toy profile; {profile!r} is family {prof.family!r}")
-    if samples_per_class < 1:
-        raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+    if not (isinstance(samples_per_class, int) and samples_per_class >= 1):
+        raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     for s in cfg_scales:
         if not np.isfinite(s) or s < 0:
             raise ValueError(f"cfg_scales must be finite numbers >= 0, got {s!r}")
+    specs = list(prof.extra.get("guidance") or {}) if specs is None else list(specs)
+    guided = {name: guidance_spec(prof, name) for name in specs}  # validate every spec before sampling
     judge = load_judge(judge_path)
     pipe = load_pipeline(prof)
-    reference = heldout_reference(judge)
+    metric = ToyJudgeMetric(judge, heldout_reference(judge))
     count = 10 * samples_per_class
+    labels = balanced_labels(count)
+    prompts = [prompt_for(y) for y in labels]
 
-    methods = {"none": 1.0, "cfg": prof.cfg_scale}
-    methods.update({f"cfg@{s:g}": float(s) for s in cfg_scales if float(s) != prof.cfg_scale})
+    renderers = {"none": PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed),
+                 "cfg": PipelineRenderer(prof, pipe, base_seed=base_seed)}
+    for s in cfg_scales:
+        if float(s) != prof.cfg_scale:
+            renderers[f"cfg@{s:g}"] = PipelineRenderer(prof, pipe, cfg_scale=float(s), base_seed=base_seed)
+    for name, spec in guided.items():
+        renderers[name] = PipelineRenderer(prof, pipe, guidance=spec, base_seed=base_seed)
+
     result = T2IResult(
         metrics={"profile": profile, "count": count, "steps": prof.steps, "base_seed": base_seed,
                  "reference": "held-out split (judge features)", "floor": real_floor(judge), "methods": {}},
-        labels=balanced_labels(count),
+        labels=labels,
     )
-    for name, scale in methods.items():
-        renderer = PipelineRenderer(prof, pipe, cfg_scale=scale, base_seed=base_seed)
-        metrics, images = evaluate_renderer(renderer, judge, reference, count, batch_size, desc=name)
-        # The toy pipeline runs one transformer forward per step, two with CFG (scale > 1).
-        metrics.update(cfg_scale=scale, nfe_per_step=2.0 if scale > 1 else 1.0)
-        result.metrics["methods"][name] = metrics
-        result.images[name] = images
+    for name, renderer in renderers.items():
+        key = hashlib.sha256(json.dumps(renderer.describe(), sort_keys=True).encode()).hexdigest()[:10]
+        out = Path(runs_dir) / profile / "t2i" / f"{name}-{key}"
+        summary = generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
+        samples = Samples.from_dir(out, count)
+        judged = metric(samples)
+        entry = {"fd": judged.value, "clip": judged.details["clip"], "accuracy": judged.details["accuracy"], "count": judged.n}
+        if renderer.guidance is None:
+            entry.update(cfg_scale=renderer.cfg_scale, nfe_per_step=2.0 if renderer.cfg_scale > 1 else 1.0)
+        else:
+            cost = _cost_of(renderer, prompts[:1])
+            entry.update(cfg_scale=None, nfe_per_step=cost, spec=renderer.guidance.to_dict())
+        result.metrics["methods"][name] = entry
+        result.images[name] = np.stack([samples.image(i)[..., 0] for i in range(count)]).astype(np.float32) / 255.0
     return result
+
+
+def _cost_of(renderer: PipelineRenderer, prompts: list[str]) -> float:
+    """NFE-equivalents per step of a guided renderer, counted by the denoiser on one sample.
+
+    Measured on a fresh one-sample render, because `generate` skips finished samples on a rerun
+    (then nothing was counted)."""
+    renderer.render(prompts, [0])
+    return float(renderer.last_cost.nfe / renderer.steps)
 
 
 def sample_grid(images: dict[str, np.ndarray], labels: np.ndarray, methods: list[str], per_class: int = 8):

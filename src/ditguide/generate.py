@@ -639,10 +639,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < (0 if name in ("limit", "base_seed") else 1):
             parser.error(f"--{name.replace('_', '-')} must be >= {0 if name in ('limit', 'base_seed') else 1}, got {value}")
 
-    from .profiles import load_renderer  # lazy: pulls in diffusers and the model family
+    from .render import load_renderer  # lazy: pulls in diffusers and the model family
 
     state = _default_state()
-    renderer = load_renderer(args.profile, args.spec, params_path=args.params)
+    renderer = load_renderer(args.profile, args.spec, params_path=args.params, base_seed=args.base_seed or 0)
     summary = generate(
         renderer,
         prompts,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .profiles import Profile
+from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile
 from .seeding import sample_generators
 
 
@@ -21,18 +21,34 @@ def to_uint8(images01: np.ndarray) -> np.ndarray:
 
 
 class PipelineRenderer:
-    """Renders with `pipe` at the profile's defaults; `cfg_scale` overrides the profile's CFG."""
+    """Renders with `pipe` at the profile's defaults.
 
-    def __init__(self, profile: Profile, pipe, *, cfg_scale: float | None = None, base_seed: int = 0, steps: int | None = None):
+    Without `guidance` the pipeline samples as its users run it: its own CFG at `cfg_scale` (the
+    profile's default unless given). With `guidance` (a guidance spec or its dict) the pipeline's
+    own CFG is off and `ditguide.pipelines.run_guided` evaluates the spec; `last_cost` then holds
+    the block evaluations of the last batch.
+    """
+
+    def __init__(self, profile: Profile, pipe, *, cfg_scale: float | None = None, guidance=None,
+                 base_seed: int = 0, steps: int | None = None, mode: str = "sequential"):
         self.profile = profile
         self.pipe = pipe
         self.cfg_scale = profile.cfg_scale if cfg_scale is None else float(cfg_scale)
         if not np.isfinite(self.cfg_scale) or self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+        if guidance is not None and cfg_scale is not None:
+            raise ValueError("pass either cfg_scale (the pipeline's own CFG) or guidance (a spec), not both")
+        self.guidance = None
+        if guidance is not None:
+            from .guidance import GuidanceSpec
+
+            self.guidance = GuidanceSpec.from_dict(guidance) if not isinstance(guidance, GuidanceSpec) else guidance
+        self.mode = mode
         self.base_seed = int(base_seed)
         self.steps = profile.steps if steps is None else int(steps)
         self.kind = profile.kind
         self.fps = profile.fps or 16
+        self.last_cost = None
 
     def describe(self) -> dict:
         return {
@@ -41,7 +57,9 @@ class PipelineRenderer:
             "model": self.profile.model,
             "dtype": self.profile.dtype,
             "steps": self.steps,
-            "cfg_scale": self.cfg_scale,
+            "cfg_scale": None if self.guidance is not None else self.cfg_scale,
+            "guidance": None if self.guidance is None else self.guidance.to_dict(),
+            "weights": _weights_fingerprint(self.pipe),
             "base_seed": self.base_seed,
             "height": self.profile.height,
             "width": self.profile.width,
@@ -69,9 +87,69 @@ class PipelineRenderer:
     def render(self, prompts: list[str], indices: list[int]) -> list[np.ndarray]:
         if len(prompts) != len(indices):
             raise ValueError(f"render got {len(prompts)} prompts and {len(indices)} indices")
-        out = self.pipe(prompt=list(prompts), num_inference_steps=self.steps, **self._call_kwargs(indices))
+        kwargs = self._call_kwargs(indices)
+        if self.guidance is None:
+            out = self.pipe(prompt=list(prompts), num_inference_steps=self.steps, **kwargs)
+        else:
+            from .pipelines import driver_for, run_guided
+
+            kwargs.pop(driver_for(self.pipe).cfg_arg, None)  # the spec holds the guidance
+            out, self.last_cost = run_guided(self.pipe, self.guidance, mode=self.mode, prompt=list(prompts),
+                                             num_inference_steps=self.steps, **kwargs)
         frames = out.frames if hasattr(out, "frames") else out.images
         frames = np.asarray(frames)
         if self.profile.family == "toy":  # (B, 8, 8) grey -> (B, 8, 8, 3)
             frames = np.repeat(frames[..., None], 3, axis=-1)
         return [to_uint8(f) for f in frames]
+
+
+def _weights_fingerprint(pipe) -> str:
+    """A cheap fingerprint of the transformer's weights, so a retrained model never reuses old samples."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(pipe.transformer.state_dict().items()):
+        t = tensor.detach().float().cpu().reshape(-1)
+        h.update(name.encode())
+        h.update(np.asarray(t[:: max(1, t.numel() // 64)][:64]).tobytes())  # a strided sample is enough
+    return h.hexdigest()[:16]
+
+
+def guidance_spec(profile: Profile, name: str):
+    """The guidance spec `name` of a profile (`profiles.<p>.guidance.<name>` in params.yaml).
+
+    An entry is either a full spec dict or `{preset: NAME, **overrides}` (see guidance.PRESETS).
+    """
+    from .guidance import GuidanceSpec, preset
+
+    specs = profile.extra.get("guidance") or {}
+    if name not in specs:
+        raise ConfigError(f"spec={name!r} is not a guidance spec of profile {profile.name!r}; allowed: "
+                          f"{', '.join(['baseline', 'none', *sorted(specs)])}")
+    entry = dict(specs[name])
+    d = preset(entry.pop("preset"), **entry) if "preset" in entry else entry
+    d.setdefault("name", name)
+    return GuidanceSpec.from_dict(d)
+
+
+def load_renderer(profile: str | None = None, spec: str | None = None, params_path="params.yaml", *,
+                  device: str | None = None, base_seed: int = 0, pipe=None) -> PipelineRenderer:
+    """The renderer `python -m ditguide.generate` uses.
+
+    spec: None or "baseline" = the profile's default sampling (its own CFG at cfg_scale); "none" =
+    no guidance; any other name = a guidance spec of the profile (validated before loading weights).
+    """
+    params = load_params(params_path) if not isinstance(params_path, dict) else params_path
+    prof = load_profile(profile, params)
+    guidance, cfg_scale = None, None
+    if spec == "none":
+        cfg_scale = 1.0
+    elif spec not in (None, "baseline"):
+        guidance = guidance_spec(prof, spec)
+    if pipe is None:
+        import torch
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = load_pipeline(prof, device=device)
+    # The guided denoiser validates the spec's block edits against this model before sampling.
+    return PipelineRenderer(prof, pipe, cfg_scale=cfg_scale, guidance=guidance, base_seed=base_seed)

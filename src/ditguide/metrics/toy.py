@@ -112,3 +112,33 @@ def toy_metrics(judge: DigitJudge, images01: np.ndarray, labels: np.ndarray, ref
         "accuracy": float((probs.argmax(1) == labels).mean()),
         "count": int(len(labels)),
     }
+
+
+def label_of_prompt(prompt: str) -> int:
+    """The digit a toy prompt asks for (its one digit word)."""
+    from ..toy.data import DIGIT_WORDS
+
+    found = [DIGIT_WORDS.index(w) for w in prompt.lower().split() if w in DIGIT_WORDS]
+    if len(found) != 1:
+        raise ValueError(f"a toy prompt names exactly one digit word ({', '.join(DIGIT_WORDS)}); got {prompt!r}")
+    return found[0]
+
+
+class ToyJudgeMetric:
+    """The toy metrics in the shared evaluation API: value = toy FD; CLIP and accuracy in details."""
+
+    name = "toy_fd"
+    higher_is_better = False
+
+    def __init__(self, judge: DigitJudge, reference: ToyReference):
+        self.judge, self.reference = judge, reference
+
+    def __call__(self, samples):
+        from . import MetricResult
+
+        images = np.stack([samples.image(i)[..., 0] for i in range(len(samples))]).astype(np.float32) / 255.0
+        labels = np.array([label_of_prompt(p) for p in samples.prompts])
+        m = toy_metrics(self.judge, images, labels, self.reference)
+        details = {"clip": m["clip"], "accuracy": m["accuracy"], "judge": "DigitJudge MLP, penultimate 64-d features",
+                   "reference": f"held-out digits ({self.reference.count})"}
+        return MetricResult(self.name, m["fd"], False, m["count"], details)
