@@ -1,0 +1,691 @@
+"""The guided denoiser: a drop-in replacement for `pipe.transformer` that evaluates a guidance spec.
+
+The pipeline runs with its own CFG off, so it calls its transformer once per step with the
+conditional inputs. At each call the wrapper asks the spec which branches this step needs (each
+term has its own interval), evaluates them, and returns the combined prediction; the sampler never
+changes. Branches are evaluated
+
+- sequentially (mode "sequential": one forward per branch, the least memory; a plain branch is
+  exactly the call the pipeline would have made, so CFG reproduces the pipeline's own bit for bit),
+- batched (mode "batched": every branch whose inputs can be stacked in one forward, edits
+  restricted to their rows), or
+- in explicit groups (a list of lists of branch names, e.g. [["uncond", "cond"], ["slg"]], which is
+  how StableDiffusion3Pipeline itself runs SLG).
+
+Prefix sharing: two branches on the same prompt whose edits start at block k agree on blocks < k,
+so those blocks run once. Within a batched forward, a shared block runs on the representative rows
+only and its output is copied to the other rows (equal up to batch-size-dependent float kernels).
+Across sequential forwards, the later branch returns its inputs unchanged on blocks < k-1 and the
+recorded output of the earlier branch on block k-1 (bit-identical to running it in full).
+
+Cost: every call records the block evaluations it ran (one block on the caller's batch = 1) and
+NFE-equivalents (block evaluations / blocks per forward) per sampling step, in `self.cost` (reset
+when the pipeline starts a new run). By default the count comes from the compiled edit plans and
+the sharing plan, which costs nothing; count="measure" counts every real execution of a block body
+with hooks instead, and the tests check that both agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from .edits import EditSpec, apply_edits, compile_plans
+from .edits.hooks import register, remove
+from .families import get_family
+from .families.base import active_rows, batch_rows, bind_block_arguments, block_forward_signature, gather_rows
+from .guidance import GuidanceSpec, StepInfo
+
+MODES = ("sequential", "batched")
+# Transformer inputs that never carry the batch dimension (Flux position ids), whatever their shape.
+DEFAULT_UNBATCHED = ("txt_ids", "img_ids")
+_HOOK_NAMES = (f"ditguide.guidance.{i}" for i in itertools.count())
+
+
+class GuidanceError(ValueError):
+    """A guidance run that cannot go ahead as configured; the message names the parameter."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost accounting
+
+
+@dataclass
+class StepCost:
+    step: int
+    sigma: float | None
+    branches: list[str] = field(default_factory=list)  # branches evaluated (deduplicated)
+    forwards: int = 0  # transformer forward calls
+    block_evals: float = 0.0  # one block on the caller's batch counts 1
+
+
+@dataclass
+class CostReport:
+    """Block evaluations per sampling step of the last run (reset when a new run starts)."""
+
+    blocks_per_forward: int
+    steps: list[StepCost] = field(default_factory=list)
+
+    @property
+    def block_evals(self) -> float:
+        return sum(s.block_evals for s in self.steps)
+
+    @property
+    def nfe(self) -> float:
+        """NFE-equivalents: block evaluations / blocks per forward (a plain forward counts 1)."""
+        return self.block_evals / self.blocks_per_forward
+
+    @property
+    def forwards(self) -> int:
+        return sum(s.forwards for s in self.steps)
+
+    @property
+    def block_evals_per_step(self) -> list[float]:
+        return [s.block_evals for s in self.steps]
+
+    @property
+    def nfe_per_step(self) -> list[float]:
+        return [s.block_evals / self.blocks_per_forward for s in self.steps]
+
+    def step(self, index: int, sigma: float | None) -> StepCost:
+        if not self.steps or self.steps[-1].step != index:
+            self.steps.append(StepCost(index, sigma))
+        return self.steps[-1]
+
+    def to_dict(self) -> dict:
+        return {
+            "blocks_per_forward": self.blocks_per_forward,
+            "block_evals": self.block_evals,
+            "nfe": self.nfe,
+            "forwards": self.forwards,
+            "steps": [vars(s) | {"branches": list(s.branches)} for s in self.steps],
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Block hooks of the wrapper (installed through the edit engine's exact register/remove)
+
+
+def _rows_of_call(args: tuple, kwargs: dict) -> int:
+    # Every family's block forward takes `hidden_states` (batch first) as its first argument.
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return hidden.shape[0]
+
+
+class _CountHook(ModelHook):
+    """Innermost hook: counts the rows each real execution of the block body computes."""
+
+    def __init__(self, counter: list[int]):
+        super().__init__()
+        self.counter = counter
+
+    def new_forward(self, module, *args, **kwargs):
+        self.counter[0] += _rows_of_call(args, kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+def _identity_output(info, arguments: dict) -> Any:
+    """What a block returns when it is the identity: its stream inputs, in its output layout."""
+    layout, names = info.output, info.input_names
+    if layout.kind == "tuple":
+        return tuple(arguments[names[s]] if s is not None else None for s in layout.streams)
+    return arguments[names[layout.streams[0]]]
+
+
+def _select_rows(output: Any, index: torch.Tensor) -> Any:
+    if isinstance(output, tuple):
+        return tuple(_select_rows(o, index) for o in output)
+    if output is None:
+        return None
+    return output.index_select(0, index.to(output.device))
+
+
+class _ShareRowsHook(ModelHook):
+    """Runs a block only on representative rows and copies their output to the rows that share it.
+
+    `rep` maps every absolute row of the model call to its representative row (itself if it does
+    not share). Works on absolute row ids (`active_rows`), so it composes with row-masked edits.
+    """
+
+    def __init__(self, rep: torch.Tensor, batched: Sequence[str], block: torch.nn.Module):
+        super().__init__()
+        self.rep = rep
+        self.batched = batched
+        self.signature = block_forward_signature(block)
+
+    def new_forward(self, module, *args, **kwargs):
+        batch = _rows_of_call(args, kwargs)
+        ids = active_rows()
+        ids = torch.arange(batch) if ids is None else ids
+        position = {int(a): p for p, a in enumerate(ids.tolist())}
+        source = [position.get(int(r), p) for p, r in enumerate(self.rep[ids].tolist())]
+        compute = sorted(set(source))
+        if len(compute) == batch:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        where = {p: i for i, p in enumerate(compute)}
+        compute_t = torch.tensor(compute, dtype=torch.long)
+        arguments = bind_block_arguments(self.signature, args, kwargs)
+        sub = gather_rows(arguments, self.batched, compute_t, batch)
+        with batch_rows(ids.index_select(0, compute_t)):
+            out = self.fn_ref.original_forward(**sub)
+        return _select_rows(out, torch.tensor([where[s] for s in source], dtype=torch.long))
+
+
+class _RecordHook(ModelHook):
+    """Stores the block's output rows `rows` (a donor branch) for later replay."""
+
+    def __init__(self, store: dict, key: Any, rows: torch.Tensor):
+        super().__init__()
+        self.store, self.key, self.rows = store, key, rows
+
+    def new_forward(self, module, *args, **kwargs):
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        # index_select copies, so later in-place changes of the donor's tensors cannot leak in.
+        self.store[self.key] = _select_rows(out, self.rows)
+        return out
+
+
+class _ReplayHook(ModelHook):
+    """Returns the recorded output (on the last shared block) or the block's inputs (on earlier ones)."""
+
+    def __init__(self, info, block: torch.nn.Module, store: dict | None = None, key: Any = None):
+        super().__init__()
+        self.info, self.store, self.key = info, store, key
+        self.signature = block_forward_signature(block)
+
+    def new_forward(self, module, *args, **kwargs):
+        if self.store is not None:
+            return self.store[self.key]
+        return _identity_output(self.info, bind_block_arguments(self.signature, args, kwargs))
+
+
+@contextlib.contextmanager
+def _hooks(installs: Sequence[tuple[torch.nn.Module, ModelHook]]) -> Iterator[None]:
+    done = []
+    try:
+        for module, hook in installs:
+            name = next(_HOOK_NAMES)
+            register(module, hook, name)
+            done.append((module, name))
+        yield
+    finally:
+        for module, name in reversed(done):
+            remove(module, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Branches
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """A distinct model evaluation: prompt + edits. Branches of the spec with equal ones are aliases."""
+
+    key: str  # first spec branch name that maps to it
+    prompt: str
+    edits: EditSpec
+    first_edit: int  # first edited block (global index); blocks_per_forward if unedited
+    signature: str  # canonical (prompt, edits) for deduplication
+    plans: dict  # global block index -> the edit engine's BlockPlan
+
+    def evals_from(self, start: int, num_blocks: int) -> int:
+        """Block evaluations (per row) of blocks start.. of this branch: a skipped block costs 0, a
+        repeated one `times`, any other edit 1 (the engine computes it on the edited rows)."""
+        total = 0
+        for i in range(start, num_blocks):
+            plan = self.plans.get(i)
+            total += 1 if plan is None else (0 if plan.skips_block else plan.times)
+        return total
+
+
+def _plan_key(index: int, plan) -> list:
+    return [
+        index,
+        sorted(plan.alphas.items()),
+        plan.times,
+        *(sorted(getattr(plan, a)) for a in ("skip_attn", "skip_cross_attn", "skip_ff", "identity_attn")),
+        sorted(plan.temperature.items()),
+    ]
+
+
+class GuidedDenoiser(torch.nn.Module):
+    """Replaces `pipe.transformer`; evaluates `spec` at every call. See the module docstring.
+
+    transformer: the model (any family with an adapter in ditguide.families).
+    spec: GuidanceSpec, its dict form, or None (guidance off).
+    scheduler: the pipeline's scheduler; the step index, number of steps and sigma are read from it.
+        `clock` (a callable returning StepInfo) replaces it for custom loops.
+    mode: "sequential", "batched", or a list of lists of branch names (explicit forward groups).
+    share_prefix: compute blocks shared by branches (same prompt, identical before their first edit) once.
+    negative: transformer keyword arguments of the negative prompt (e.g. {"encoder_hidden_states": ...,
+        "pooled_projections": ...}); required when the spec uses a branch on the negative prompt.
+    unbatched: transformer inputs that never carry the batch dimension.
+    count: "plan" (block evaluations from the compiled edit plans and the sharing plan; free) or
+        "measure" (hooks count every real execution of a block body; tests check the two agree).
+    """
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        spec: GuidanceSpec | dict | None = None,
+        *,
+        scheduler: Any = None,
+        clock: Callable[[], StepInfo] | None = None,
+        mode: str | Sequence[Sequence[str]] = "sequential",
+        share_prefix: bool = True,
+        negative: dict[str, Any] | None = None,
+        unbatched: Sequence[str] = DEFAULT_UNBATCHED,
+        count: str = "plan",
+    ):
+        super().__init__()
+        if isinstance(transformer, GuidedDenoiser):
+            raise GuidanceError("transformer is already a GuidedDenoiser; wrap the model itself")
+        self.transformer = transformer
+        self.family = get_family(transformer)
+        self.spec = GuidanceSpec.from_dict(spec)
+        if scheduler is None and clock is None:
+            raise GuidanceError("GuidedDenoiser needs scheduler= (the pipeline's) or clock= to know the step")
+        self.scheduler = scheduler
+        self.clock = clock
+        self.share_prefix = bool(share_prefix)
+        if count not in ("plan", "measure"):
+            raise GuidanceError(f"count = {count!r}: must be 'plan' or 'measure'")
+        self.count = count
+        self.unbatched = frozenset(unbatched)
+        self.num_blocks = len(self.family.blocks(transformer))
+        self._branches, self._alias = self._compile_branches()
+        self.mode = self._check_mode(mode)
+        self.negative: dict[str, Any] | None = None
+        if negative is not None:
+            self.set_negative(**negative)
+        self.cost = CostReport(self.num_blocks)
+        self._run_key: Any = None
+        self._last_step = -1
+        self._state: dict = {}
+        self._sigmas: list[float] | None = None
+
+    # ---- configuration --------------------------------------------------------------------------
+
+    def _compile_branches(self) -> tuple[dict[str, _Branch], dict[str, str]]:
+        branches: dict[str, _Branch] = {}
+        alias: dict[str, str] = {}
+        by_signature: dict[str, str] = {}
+        for name in self.spec.used_branches:
+            b = self.spec.branches[name]
+            try:
+                edits = EditSpec.parse(b.edits)
+                _, plans = compile_plans(edits, self.transformer)
+            except ValueError as err:  # EditError / FamilyError: name the branch that carries it
+                raise GuidanceError(f"branches.{name}.edits: {err}") from None
+            # Canonical per-block plans, so that "blocks:1" and 1 (or split edits) are the same branch.
+            signature = json.dumps([b.prompt, [_plan_key(i, p) for i, p in sorted(plans.items())]])
+            if signature in by_signature:
+                alias[name] = by_signature[signature]
+                continue
+            first = min(plans) if plans else self.num_blocks
+            branches[name] = _Branch(name, b.prompt, edits, first, signature, plans)
+            by_signature[signature] = name
+            alias[name] = name
+        return branches, alias
+
+    def _check_mode(self, mode):
+        if isinstance(mode, str):
+            if mode not in MODES:
+                raise GuidanceError(f"mode = {mode!r}: must be one of {MODES} or a list of lists of branch names")
+            return mode
+        groups = [list(g) for g in mode]
+        names = [n for g in groups for n in g]
+        unknown = [n for n in names if n not in self.spec.branches]
+        if unknown or len(set(names)) != len(names) or any(not g for g in groups):
+            raise GuidanceError(
+                f"mode = {mode!r}: explicit groups must be non-empty, disjoint lists of branch names from "
+                f"{sorted(self.spec.branches)}"
+            )
+        missing = [n for n in self.spec.used_branches if n not in names]
+        if missing:
+            raise GuidanceError(f"mode = {mode!r}: branches {missing} are in no group")
+        return groups
+
+    def set_negative(self, **inputs: Any) -> None:
+        """The negative prompt's transformer inputs, e.g. encoder_hidden_states=..., pooled_projections=..."""
+        if not inputs:
+            raise GuidanceError("set_negative() needs the negative prompt's transformer inputs")
+        self.negative = dict(inputs)
+
+    def check_ready(self) -> None:
+        """Raise now (not mid-sampling) if the spec needs something that is missing."""
+        if self.spec.uses_negative and self.negative is None:
+            prompts = {k: b.prompt for k, b in self.spec.branches.items()}
+            users = [t.name or t.rule for t in self.spec.terms if "neg" in (prompts[t.plus], prompts[t.minus])]
+            raise GuidanceError(
+                f"the guidance spec uses the negative prompt (terms {users}) but no negative conditioning was given: "
+                "pass negative_prompt_embeds (and negative_pooled_prompt_embeds where the pipeline has them), "
+                "or set_negative(...) on the denoiser"
+            )
+        caching = getattr(self.transformer, "is_cache_enabled", False)
+        if self.spec.terms and caching and len(self.spec.used_branches) > 1:
+            raise GuidanceError(
+                "the transformer has a diffusers cache enabled; caches key their state per pipeline call and would mix "
+                "guidance branches. Disable it (transformer.disable_cache()) before guided sampling"
+            )
+
+    # ---- what the pipelines read from their transformer ------------------------------------------
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs):
+        if name == "uncond" and self.spec.terms:
+            # The pipeline is running its own CFG on top of the spec's guidance: its second call
+            # would be guided again. Fail loudly instead of guiding twice.
+            raise GuidanceError(
+                "the pipeline runs its own CFG (it made an 'uncond' call) while a guidance spec is installed; "
+                "set its CFG scale to 1 (run_guided does this) and put CFG in the spec"
+            )
+        inner = getattr(self.transformer, "cache_context", None)
+        with inner(name, **kwargs) if inner is not None else contextlib.nullcontext():
+            yield
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if "transformer" not in modules:
+                raise
+            return getattr(modules["transformer"], name)
+
+    # ---- the step -----------------------------------------------------------------------------
+
+    def _step_info(self) -> StepInfo:
+        if self.clock is not None:
+            info = self.clock()
+            run_key = None
+        else:
+            s = self.scheduler
+            index = s.step_index if s.step_index is not None else (getattr(s, "begin_index", None) or 0)
+            run_key = id(s.timesteps)
+            if run_key != self._run_key:
+                sigmas = getattr(s, "sigmas", None)
+                self._sigmas = None if sigmas is None else [float(x) for x in sigmas]
+            sigma = None if self._sigmas is None else self._sigmas[index]
+            info = StepInfo(int(index), len(s.timesteps), sigma)
+        if run_key != self._run_key or info.step < self._last_step:
+            self._start_run(info, run_key)
+        self._last_step = info.step
+        return info
+
+    def reset(self) -> None:
+        """Start a new run at the next call (cost and APG momentum cleared); pipelines need not call it."""
+        self._run_key = object()
+        self._last_step = -1
+
+    def _start_run(self, info: StepInfo, run_key: Any) -> None:
+        self._run_key = run_key
+        self._state = {}
+        self.cost = CostReport(self.num_blocks)
+        self.check_ready()
+        if self._sigmas is not None:
+            self.spec.check_schedule(info.num_steps, self._sigmas)
+
+    def forward(self, *args, return_dict: bool = True, **kwargs):
+        if args:
+            raise GuidanceError("GuidedDenoiser takes keyword arguments only (as the diffusers pipelines call it)")
+        info = self._step_info()
+        record = self.cost.step(info.step, info.sigma)
+        names = self.spec.branches_needed(info)
+        hidden = kwargs["hidden_states"]
+        if names and all(self._alias[n] == self._alias[self.spec.base] for n in names) and self._plain(self.spec.base):
+            # Guidance inactive at this step: exactly the pipeline's own call.
+            out = self.transformer(*args, return_dict=False, **kwargs)[0]
+            record.forwards += 1
+            record.block_evals += self.num_blocks
+            record.branches.append(self.spec.base)
+        elif not names:
+            out = self._zeros(kwargs, record)
+        else:
+            preds = self._evaluate(names, kwargs, record)
+            out = self.spec.combine(preds, info, self._state, sample=hidden)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def _plain(self, name: str) -> bool:
+        b = self._branches[self._alias[name]]
+        return b.prompt == "pos" and not b.edits
+
+    def _zeros(self, kwargs: dict, record: StepCost) -> torch.Tensor:
+        # CFG-Zero*'s zero-init: the prediction is 0; no forward is needed when the output has the
+        # input's shape (flow models whose out_channels equal in_channels).
+        cfg = self.transformer.config
+        hidden = kwargs["hidden_states"]
+        if cfg.get("out_channels", None) in (None, cfg.get("in_channels", None)):
+            return torch.zeros_like(hidden)
+        out = self.transformer(return_dict=False, **kwargs)[0]
+        record.forwards += 1
+        record.block_evals += self.num_blocks
+        return torch.zeros_like(out)
+
+    # ---- evaluating branches ------------------------------------------------------------------
+
+    def _inputs(self, prompt: str, kwargs: dict) -> dict:
+        if prompt == "pos":
+            return kwargs
+        if self.negative is None:
+            self.check_ready()
+        batch = kwargs["hidden_states"].shape[0]
+        out = dict(kwargs)
+        for key, value in self.negative.items():
+            ref = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and isinstance(ref, torch.Tensor):
+                value = value.to(device=ref.device, dtype=ref.dtype)
+                if key not in self.unbatched and value.shape[0] != batch:
+                    if value.shape[0] == 0 or batch % value.shape[0]:
+                        raise GuidanceError(
+                            f"negative input {key!r} has batch {value.shape[0]}, "
+                            f"which does not divide the batch of {batch}"
+                        )
+                    # Like the pipelines' num_images_per_prompt: each prompt's rows are consecutive.
+                    value = value.repeat_interleave(batch // value.shape[0], dim=0)
+            out[key] = value
+        return out
+
+    def _groups(self, keys: list[str]) -> list[list[str]]:
+        """Forward groups of distinct branches for this step."""
+        if self.mode == "sequential":
+            # Donors first: within a prompt, the branch edited latest can share the most with the others.
+            prompts = list(dict.fromkeys(self._branches[k].prompt for k in keys))
+            order = sorted(keys, key=lambda k: (prompts.index(self._branches[k].prompt), -self._branches[k].first_edit))
+            return [[k] for k in order]
+        if self.mode == "batched":
+            return [keys]
+        groups = []
+        for g in self.mode:
+            g = [self._alias[n] for n in g if n in self._alias]
+            g = [k for k in dict.fromkeys(g) if k in keys and not any(k in h for h in groups)]
+            if g:
+                groups.append(g)
+        return groups
+
+    def _evaluate(self, names: list[str], kwargs: dict, record: StepCost) -> dict[str, torch.Tensor]:
+        keys = list(dict.fromkeys(self._alias[n] for n in names))
+        record.branches.extend(keys)
+        inputs = {p: self._inputs(p, kwargs) for p in {self._branches[k].prompt for k in keys}}
+        forwards = []
+        for group in self._groups(keys):
+            forwards += self._split_compatible(group, inputs)
+        plans: list[dict] = []
+        for group in forwards:
+            plans.append(self._share_plan(group, forwards[: len(plans)], plans))
+        results: dict[str, torch.Tensor] = {}
+        store: dict = {}
+        for i, group in enumerate(forwards):
+            results.update(self._run_forward(group, inputs, plans, i, store, record))
+        return {n: results[self._alias[n]] for n in names}
+
+    def _split_compatible(self, group: list[str], inputs: dict) -> list[list[str]]:
+        """Split a group into sub-groups whose inputs can be stacked (e.g. prompts of equal length)."""
+        out: list[list[str]] = []
+        for k in group:
+            for g in out:
+                if self._stackable(inputs[self._branches[g[0]].prompt], inputs[self._branches[k].prompt]):
+                    g.append(k)
+                    break
+            else:
+                out.append([k])
+        return out
+
+    def _batched_keys(self, kwargs: dict) -> list[str]:
+        batch = kwargs["hidden_states"].shape[0]
+        return [
+            k
+            for k, v in kwargs.items()
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == batch and k not in self.unbatched
+        ]
+
+    def _stackable(self, a: dict, b: dict) -> bool:
+        if a is b:
+            return True
+        if set(a) != set(b):
+            return False
+        batched = set(self._batched_keys(a))
+        for k in a:
+            x, y = a[k], b[k]
+            if k in batched:
+                if not (isinstance(y, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype):
+                    return False
+            elif x is not y:
+                if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+                    if x.shape != y.shape or not torch.equal(x, y):
+                        return False
+                elif x != y:
+                    return False
+        return True
+
+    # ---- prefix sharing -----------------------------------------------------------------------
+
+    def _share_plan(self, group: list[str], earlier: list[list[str]], earlier_plans: list[dict]) -> dict:
+        """How a forward shares blocks: within its rows, and (single-branch forwards) with an earlier forward.
+
+        within: prompt -> its branches in this forward, edited latest first; at block i the rows of
+        those unedited through block i take the rows of the first of them.
+        replay: (depth, donor): blocks < depth are unedited in both this branch and the donor, which an
+        earlier forward evaluated, so this forward reuses the donor's output of block depth - 1.
+        """
+        plan: dict = {"within": {}, "replay": None}
+        if not self.share_prefix:
+            return plan
+        br = self._branches
+        for prompt in dict.fromkeys(br[k].prompt for k in group):
+            members = sorted((k for k in group if br[k].prompt == prompt), key=lambda k: -br[k].first_edit)
+            if len(members) > 1:
+                plan["within"][prompt] = members
+        if len(group) != 1:
+            return plan
+        k = group[0]
+        best = None
+        for g, p in zip(earlier, earlier_plans):
+            # A donor that itself replayed holds real outputs only from its own replay depth on.
+            own = p["replay"][0] if p["replay"] is not None else 0
+            for d in g:
+                if br[d].prompt != br[k].prompt:
+                    continue
+                depth = min(br[d].first_edit, br[k].first_edit)
+                if depth >= max(own, 1) and (best is None or depth > best[0]):
+                    best = (depth, d)
+        plan["replay"] = best
+        return plan
+
+    def _run_forward(self, group, inputs, plans, index, store, record) -> dict[str, torch.Tensor]:
+        br = self._branches
+        batch = inputs[br[group[0]].prompt]["hidden_states"].shape[0]
+        parts = [inputs[br[k].prompt] for k in group]
+        if len(group) == 1:
+            call = parts[0]
+        else:
+            keys = set(self._batched_keys(parts[0]))
+            call = {k: torch.cat([p[k] for p in parts]) if k in keys else v for k, v in parts[0].items()}
+        blocks = self.family.blocks(self.transformer)
+        counter = [0]
+        installs = [(b, _CountHook(counter)) for b in blocks] if self.count == "measure" else []
+        outer: list[tuple[torch.nn.Module, ModelHook]] = []
+        plan = plans[index]
+        # Within-forward sharing.
+        if plan["within"]:
+            total = batch * len(group)
+            for i in range(self.num_blocks):
+                rep = torch.arange(total)
+                shared = False
+                for members in plan["within"].values():
+                    alive = [k for k in members if br[k].first_edit > i]
+                    if len(alive) > 1:
+                        head = group.index(alive[0]) * batch
+                        for k in alive[1:]:
+                            off = group.index(k) * batch
+                            rep[off : off + batch] = torch.arange(head, head + batch)
+                        shared = True
+                if shared:
+                    outer.append((blocks[i], _ShareRowsHook(rep, self.family.batched_block_kwargs, blocks[i])))
+        # Replay from an earlier forward.
+        if plan["replay"] is not None:
+            depth, donor = plan["replay"]
+            key = (donor, depth)
+            for i in range(depth):
+                info = self._block_info(i)
+                if i == depth - 1:
+                    outer.append((blocks[i], _ReplayHook(info, blocks[i], store, key)))
+                else:
+                    outer.append((blocks[i], _ReplayHook(info, blocks[i])))
+        # Recording for later forwards that replay from this one.
+        wanted = {p["replay"] for p in plans[index + 1 :] if p["replay"] is not None}
+        for depth, donor in sorted(wanted):
+            if donor in group:
+                rows = torch.arange(batch) + group.index(donor) * batch
+                outer.append((blocks[depth - 1], _RecordHook(store, (donor, depth), rows)))
+        edited = [(k, j) for j, k in enumerate(group) if br[k].edits]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_hooks(installs))
+            for k, j in edited:
+                rows = None if len(group) == 1 else list(range(j * batch, (j + 1) * batch))
+                stack.enter_context(apply_edits(self.transformer, br[k].edits, rows=rows))
+            stack.enter_context(_hooks(outer))
+            out = self.transformer(return_dict=False, **call)[0]
+        record.forwards += 1
+        record.block_evals += counter[0] / batch if self.count == "measure" else self._planned_evals(group, plan)
+        return {k: out[j * batch : (j + 1) * batch] for j, k in enumerate(group)}
+
+    def _planned_evals(self, group: list[str], plan: dict) -> int:
+        """Block evaluations of one forward, from the edit plans and the sharing plan."""
+        br = self._branches
+        start = {k: 0 for k in group}
+        for members in plan["within"].values():
+            for k in members[1:]:  # blocks before its first edit run on the head's rows
+                start[k] = br[k].first_edit
+        if plan["replay"] is not None:
+            start[group[0]] = plan["replay"][0]
+        return sum(br[k].evals_from(start[k], self.num_blocks) for k in group)
+
+    def _block_info(self, index: int):
+        infos = self.__dict__.setdefault("_infos", {})
+        if index not in infos:
+            infos[index] = self.family.block_info(self.transformer, index)
+        return infos[index]
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec.name or self.spec.to_dict()}, mode={self.mode}, share_prefix={self.share_prefix}"

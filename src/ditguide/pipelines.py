@@ -1,0 +1,306 @@
+"""Driving the classic diffusers pipelines under guidance, unmodified; tiny pipelines for tests.
+
+Every pipeline is driven the same way: its own CFG is switched off (one transformer call per step,
+with the conditional inputs), `pipe.transformer` is replaced by a GuidedDenoiser holding the
+negative conditioning, and the pipeline's loop, scheduler and decoding run as they are.
+
+| pipeline                  | its CFG switch (set off)  | negative inputs -> transformer keywords                       |
+|---------------------------|---------------------------|---------------------------------------------------------------|
+| FluxPipeline              | true_cfg_scale = 1        | negative_prompt_embeds -> encoder_hidden_states,              |
+|                           |                           | negative_pooled_prompt_embeds -> pooled_projections, txt_ids  |
+| CogView4Pipeline          | guidance_scale = 1        | negative_prompt_embeds -> encoder_hidden_states               |
+| WanPipeline               | guidance_scale = 1        | negative_prompt_embeds -> encoder_hidden_states               |
+| StableDiffusion3Pipeline  | guidance_scale = 1        | negative_prompt_embeds -> encoder_hidden_states,              |
+|                           |                           | negative_pooled_prompt_embeds -> pooled_projections           |
+| ToyPipeline               | guidance_scale = 1        | as Flux                                                       |
+
+Flux's `guidance_scale` is the distilled-guidance embedding, not CFG, and is passed through.
+
+    out, cost = run_guided(pipe, preset("cfg", scale=4.0), prompt_embeds=pe, pooled_prompt_embeds=pp,
+                           negative_prompt_embeds=ne, negative_pooled_prompt_embeds=np_, num_inference_steps=28)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .denoiser import GuidanceError, GuidedDenoiser
+from .guidance import GuidanceSpec
+
+
+@dataclass(frozen=True)
+class Driver:
+    """How one pipeline class is driven."""
+
+    family: str
+    cfg_arg: str  # the pipeline's own CFG scale argument
+    negative: tuple[tuple[str, str], ...]  # (pipeline argument, transformer keyword)
+    text_ids: bool  # the transformer takes Flux text position ids (zeros(text tokens, 3))
+    batch_arg: str | None = "num_images_per_prompt"  # samples per prompt (None: one)
+
+    def negative_names(self) -> list[str]:
+        return [a for a, _ in self.negative]
+
+
+_EMBEDS = (("negative_prompt_embeds", "encoder_hidden_states"),)
+_POOLED = (("negative_pooled_prompt_embeds", "pooled_projections"),)
+DRIVERS: dict[str, Driver] = {
+    "FluxPipeline": Driver("flux", "true_cfg_scale", _EMBEDS + _POOLED, True),
+    "CogView4Pipeline": Driver("cogview4", "guidance_scale", _EMBEDS, False),
+    "WanPipeline": Driver("wan", "guidance_scale", _EMBEDS, False, "num_videos_per_prompt"),
+    "StableDiffusion3Pipeline": Driver("sd3", "guidance_scale", _EMBEDS + _POOLED, False),
+    "ToyPipeline": Driver("toy", "guidance_scale", _EMBEDS + _POOLED, True, None),
+}
+
+
+def driver_for(pipe: Any) -> Driver:
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in DRIVERS:
+            return DRIVERS[cls.__name__]
+    raise GuidanceError(f"no guidance driver for pipeline class {type(pipe).__name__}; supported: {sorted(DRIVERS)}")
+
+
+def _encode_negative(pipe: Any, driver: Driver, negative_prompt: str | list[str], batch: int, call: dict) -> dict:
+    """Negative embeddings from text with the pipeline's own encoder (as its CFG would encode them)."""
+    texts = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+    device = pipe._execution_device
+    n = int(call.get(driver.batch_arg) or 1) if driver.batch_arg else 1
+    msl = {k: call[k] for k in ("max_sequence_length",) if k in call}
+    if driver.family == "toy":
+        pe, pooled = pipe.encode_prompt(texts)
+        return {"negative_prompt_embeds": pe, "negative_pooled_prompt_embeds": pooled}
+    if getattr(pipe, "text_encoder", None) is None:
+        raise GuidanceError(
+            f"the guidance spec uses the negative prompt but {type(pipe).__name__} has no text encoder: pass "
+            f"{' and '.join(driver.negative_names())}"
+        )
+    if driver.family == "flux":
+        pe, pooled, _ = pipe.encode_prompt(prompt=texts, prompt_2=None, device=device, num_images_per_prompt=n, **msl)
+        return {"negative_prompt_embeds": pe, "negative_pooled_prompt_embeds": pooled}
+    if driver.family == "sd3":
+        pe, _, pooled, _ = pipe.encode_prompt(
+            prompt=texts, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=n,
+            do_classifier_free_guidance=False, **msl,
+        )
+        return {"negative_prompt_embeds": pe, "negative_pooled_prompt_embeds": pooled}
+    if driver.family == "cogview4":
+        pe, _ = pipe.encode_prompt(
+            texts, None, do_classifier_free_guidance=False, num_images_per_prompt=n, device=device, **msl
+        )
+        return {"negative_prompt_embeds": pe}
+    pe, _ = pipe.encode_prompt(
+        prompt=texts, do_classifier_free_guidance=False, num_videos_per_prompt=n, device=device, **msl
+    )
+    return {"negative_prompt_embeds": pe}
+
+
+def _batch_of(call: dict) -> int:
+    if call.get("prompt_embeds") is not None:
+        return call["prompt_embeds"].shape[0]
+    prompt = call.get("prompt")
+    return 1 if isinstance(prompt, str) else len(prompt)
+
+
+@contextlib.contextmanager
+def guided(
+    pipe: Any,
+    spec: GuidanceSpec | dict | None,
+    *,
+    negative: dict[str, torch.Tensor] | None = None,
+    mode: str | Sequence[Sequence[str]] = "sequential",
+    share_prefix: bool = True,
+) -> Iterator[GuidedDenoiser]:
+    """Install a GuidedDenoiser as `pipe.transformer` (restored on exit). `negative`: pipeline-argument
+    names (negative_prompt_embeds, negative_pooled_prompt_embeds) -> tensors."""
+    driver = driver_for(pipe)
+    original = pipe.transformer
+    den = GuidedDenoiser(original, spec, scheduler=pipe.scheduler, mode=mode, share_prefix=share_prefix)
+    if negative:
+        unknown = set(negative) - set(driver.negative_names())
+        if unknown:
+            raise GuidanceError(
+                f"negative: unknown inputs {sorted(unknown)}; {type(pipe).__name__} takes {driver.negative_names()}"
+            )
+        missing = [a for a in driver.negative_names() if negative.get(a) is None]
+        if missing and den.spec.uses_negative:
+            raise GuidanceError(
+                f"negative conditioning incomplete: {type(pipe).__name__} needs {driver.negative_names()}, "
+                f"missing {missing}"
+            )
+        inputs = {kw: negative[arg] for arg, kw in driver.negative if negative.get(arg) is not None}
+        if driver.text_ids and "encoder_hidden_states" in inputs:
+            inputs["txt_ids"] = torch.zeros(inputs["encoder_hidden_states"].shape[1], 3)
+        den.set_negative(**inputs)
+    den.check_ready()
+    pipe.transformer = den
+    try:
+        yield den
+    finally:
+        pipe.transformer = original
+
+
+def run_guided(
+    pipe: Any,
+    spec: GuidanceSpec | dict | None,
+    *,
+    mode: str | Sequence[Sequence[str]] = "sequential",
+    share_prefix: bool = True,
+    **call: Any,
+):
+    """Run `pipe(**call)` under guidance `spec`; returns (pipeline output, CostReport).
+
+    `call` holds the pipeline's usual arguments. The pipeline's own CFG is switched off (passing its
+    CFG scale > 1 is an error: the spec holds the guidance), so an empty spec is the plain
+    pipeline. The negative conditioning comes from its negative embedding arguments, else from
+    `negative_prompt` (default "") encoded by the pipeline's own text encoder; it is ignored when
+    the spec uses no negative branch.
+    """
+    driver = driver_for(pipe)
+    spec = GuidanceSpec.from_dict(spec)
+    own = call.get(driver.cfg_arg)
+    if own is not None and own > 1:
+        raise GuidanceError(
+            f"{driver.cfg_arg} = {own}: the pipeline's own CFG must be off under run_guided; the spec holds the "
+            f"guidance (e.g. preset('cfg', scale={own}); an empty spec is no guidance)"
+        )
+    call[driver.cfg_arg] = 1.0
+    negative = {name: call.pop(name) for name in driver.negative_names() if call.get(name) is not None}
+    for name in driver.negative_names():
+        call.pop(name, None)
+    negative_prompt = call.pop("negative_prompt", None)
+    if not spec.uses_negative:
+        negative = {}
+    elif "negative_prompt_embeds" not in negative:
+        negative = _encode_negative(pipe, driver, negative_prompt or "", _batch_of(call), call)
+    with guided(pipe, spec, negative=negative or None, mode=mode, share_prefix=share_prefix) as den:
+        out = pipe(**call)
+    return out, den.cost
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny pipelines (tests and CPU benchmarks): random weights, no tokenizers or text encoders; pass
+# prompt embeddings. Built in code, never from the hub.
+
+TINY_CALL: dict[str, dict[str, Any]] = {
+    # Pipeline call sizes of the tiny pipelines, and the shapes of their prompt embeddings.
+    "flux": dict(height=8, width=8),  # vae factor 1, 2x2 packing: 16 tokens
+    "toy": dict(),
+    "cogview4": dict(height=16, width=16),  # vae factor 2, patch 2: 16 tokens
+    "wan": dict(height=32, width=32, num_frames=5),  # 2 latent frames x 4x4 / (2x2 patches): 8 tokens
+    "sd3": dict(height=8, width=8),  # vae factor 1, patch 1: 64 tokens
+}
+
+
+def _tiny_vae(latent_channels: int, levels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(4,) * levels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        sample_size=32,
+    ).eval()
+
+
+def tiny_pipeline(family: str, seed: int = 0):
+    """A tiny pipeline of `family` ("flux", "cogview4", "wan", "sd3", "toy") with random weights.
+
+    Tokenizers and text encoders are None: call it with prompt embeddings (see `tiny_prompts`) and
+    the sizes in TINY_CALL[family]. The toy pipeline has its (random) prompt encoder.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .families.tiny import tiny_transformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if family == "flux":
+            from diffusers import FluxPipeline
+
+            scheduler = FlowMatchEulerDiscreteScheduler(
+                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                base_image_seq_len=256, max_image_seq_len=4096,
+            )
+            pipe = FluxPipeline(
+                scheduler=scheduler, vae=_tiny_vae(1, 1), text_encoder=None, tokenizer=None,
+                text_encoder_2=None, tokenizer_2=None, transformer=tiny_transformer("flux", seed),
+            )
+        elif family == "cogview4":
+            from diffusers import CogView4Pipeline
+
+            scheduler = FlowMatchEulerDiscreteScheduler(
+                base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True,
+                time_shift_type="linear",
+            )
+            pipe = CogView4Pipeline(
+                tokenizer=None, text_encoder=None, vae=_tiny_vae(4, 2),
+                transformer=tiny_transformer("cogview4", seed), scheduler=scheduler,
+            )
+        elif family == "wan":
+            from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+
+            vae = AutoencoderKLWan(
+                base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                temperal_downsample=[False, True, True],
+            ).eval()
+            scheduler = UniPCMultistepScheduler(
+                prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+            )
+            pipe = WanPipeline(
+                tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler,
+                transformer=tiny_transformer("wan", seed),
+            )
+        elif family == "sd3":
+            from diffusers import StableDiffusion3Pipeline
+
+            pipe = StableDiffusion3Pipeline(
+                transformer=tiny_transformer("sd3", seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=_tiny_vae(4, 1), text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                text_encoder_3=None, tokenizer_3=None,
+            )
+        elif family == "toy":
+            from .toy.pipeline import ToyPipeline
+            from .toy.prompt_encoder import ToyPromptEncoder
+
+            pipe = ToyPipeline(
+                transformer=tiny_transformer("toy", seed),
+                scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+                prompt_encoder=ToyPromptEncoder().eval(),
+            )
+        else:
+            raise GuidanceError(f"tiny_pipeline: family = {family!r}; must be one of {sorted(TINY_CALL)}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_prompts(family: str, batch: int = 1, seed: int = 0, *, text_tokens: int = 6) -> dict[str, torch.Tensor]:
+    """Random prompt and negative-prompt embeddings for `tiny_pipeline(family)`, as pipeline arguments."""
+    from .families.tiny import TINY_CONFIGS
+
+    cfg = TINY_CONFIGS[family]
+    g = torch.Generator("cpu").manual_seed(seed)
+    dim = cfg.get("joint_attention_dim") or cfg.get("text_embed_dim") or cfg.get("text_dim")
+    out = {
+        "prompt_embeds": torch.randn(batch, text_tokens, dim, generator=g),
+        "negative_prompt_embeds": torch.randn(batch, text_tokens, dim, generator=g),
+    }
+    if "pooled_projection_dim" in cfg:
+        out["pooled_prompt_embeds"] = torch.randn(batch, cfg["pooled_projection_dim"], generator=g)
+        out["negative_pooled_prompt_embeds"] = torch.randn(batch, cfg["pooled_projection_dim"], generator=g)
+    return out
+
+
+def native_cfg_call(family: str, scale: float) -> dict[str, float]:
+    """The pipeline arguments that switch on its own CFG at `scale` (for comparisons)."""
+    return {DRIVERS[{"flux": "FluxPipeline", "cogview4": "CogView4Pipeline", "wan": "WanPipeline",
+                     "sd3": "StableDiffusion3Pipeline", "toy": "ToyPipeline"}[family]].cfg_arg: scale}
