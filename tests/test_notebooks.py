@@ -14,12 +14,17 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
 # Tiny parameters per notebook: enough to run every cell, small enough for CI.
 TINY = {
     "03_evaluate_t2i": {"samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},
+    # tiny-wan: random weights; 2 prompts x 2 seeds, VBench's weight-free dimension only, on the CPU.
+    "04_evaluate_t2v": {"profile": "tiny-wan", "dimensions": ["temporal_flickering"], "limit": 2, "samples_per_prompt": 2,
+                        "vbench_device": "cpu"},
 }
 
 # Files each notebook must write under its output root (relative, {profile} filled in).
 EXPECTED = {
     "03_evaluate_t2i": ["metrics/t2i_{profile}.json", "figures/t2i_{profile}_samples.pdf",
                         "figures/t2i_{profile}_tradeoff.pdf", "paper/tables/t2i_{profile}.tex"],
+    "04_evaluate_t2v": ["metrics/t2v_{profile}.json", "figures/t2v_{profile}_frames.pdf", "figures/t2v_{profile}_dimensions.pdf",
+                        "paper/tables/t2v_{profile}.tex", "paper/tables/t2v_{profile}_dimensions.tex"],
 }
 
 
@@ -48,5 +53,5 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
 def test_bad_profile_fails_before_work(tmp_path):
     params = load_params(REPO / "params.yaml")
     params["profile"] = "flux-devv"
-    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: cogview4, flux-dev, toy, wan2.1-t2v-1.3b"):
+    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: cogview4, flux-dev, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
         stage_parameters("evaluate_t2i", params)

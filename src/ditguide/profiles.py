@@ -125,6 +125,18 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
+    if profile.model.startswith("tiny:"):
+        # Test profiles (`model: tiny:<family>`, "random weights, for tests" in params.yaml): a tiny
+        # random pipeline built in code, with text encoders, so that the real-model evaluation path
+        # (text prompts -> pipeline -> files -> metrics) runs offline on a CPU.
+        from .tiny_text import FAMILIES as TINY_TEXT_FAMILIES, tiny_text_pipeline
+
+        tiny = profile.model.removeprefix("tiny:")
+        _check(tiny == profile.family and tiny in TINY_TEXT_FAMILIES, f"profiles.{profile.name}.model", profile.model,
+               f"tiny:<family> with the profile's family; tiny text pipelines exist for {', '.join(TINY_TEXT_FAMILIES)}")
+        pipe = tiny_text_pipeline(tiny).to(device)  # built in float32
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
     import diffusers
 
     cls = {"flux": "FluxPipeline", "cogview4": "CogView4Pipeline", "wan": "WanPipeline", "sd3": "StableDiffusion3Pipeline"}[profile.family]

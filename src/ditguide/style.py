@@ -86,7 +86,9 @@ def latex_table(
     align: str | None = None,
     bold_best: dict[int, str] | None = None,
 ) -> str:
-    """A booktabs table. `bold_best` maps a column index to "min" or "max" to bold the best value."""
+    """A booktabs table. Column headers are LaTeX as given; cell text is escaped.
+
+    `bold_best` maps a column index to "min" or "max" to bold the best value."""
     align = align or "l" + "r" * (len(columns) - 1)
     best = {}
     for col, how in (bold_best or {}).items():
@@ -105,7 +107,7 @@ def latex_table(
         rf"\label{{{label}}}",
         rf"\begin{{tabular}}{{{align}}}",
         r"\toprule",
-        " & ".join(_tex_escape(c) for c in columns) + r" \\",
+        " & ".join(columns) + r" \\",  # headers are LaTeX (e.g. "FID $\downarrow$"); cells are escaped
         r"\midrule",
         *(" & ".join(cell(v, i) for i, v in enumerate(r)) + r" \\" for r in rows),
         r"\bottomrule",
