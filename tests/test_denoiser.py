@@ -56,15 +56,6 @@ def plain(model, inputs, edits=None):
         return model(**inputs, return_dict=False)[0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread start-up and contention with other processes cost far more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     return {f: tiny_transformer(f) for f in FAMILIES}

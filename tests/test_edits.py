@@ -25,27 +25,12 @@ from ditguide.edits import OPS, BlockEdit, EditError, EditSpec, apply_edits, att
 from ditguide.families import get_family
 from ditguide.families.tiny import tiny_input_rows, tiny_inputs, tiny_transformer
 
+from helpers import model_of
+
 ALL = ["flux", "cogview4", "wan", "sd3", "toy"]
 F64 = torch.float64
 TOL = dict(rtol=0, atol=1e-12)
 
-_MODELS: dict = {}
-
-
-def model_of(family: str, dtype=torch.float32):
-    key = (family, dtype)
-    if key not in _MODELS:
-        _MODELS[key] = tiny_transformer(family, dtype=dtype)
-    return _MODELS[key]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: with several agents/processes on 2 cores, intra-op threads cost 10-100x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -14,25 +14,10 @@ from ditguide.families import FAMILIES, FamilyError, batch_rows, get_family, run
 from ditguide.families.base import active_rows, bind_block_arguments, block_forward_signature
 from ditguide.families.tiny import tiny_input_rows, tiny_inputs, tiny_transformer
 
+from helpers import model_of
+
 ALL = ["flux", "cogview4", "wan", "sd3", "toy"]
 
-_MODELS: dict = {}
-
-
-def model_of(family: str, dtype=torch.float32):
-    key = (family, dtype)
-    if key not in _MODELS:
-        _MODELS[key] = tiny_transformer(family, dtype=dtype)
-    return _MODELS[key]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: with several agents/processes on 2 cores, intra-op threads cost 10-100x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -19,15 +19,6 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread start-up and contention with other processes cost far more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipes():
     return {f: tiny_pipeline(f) for f in FAMILIES}
