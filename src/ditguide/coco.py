@@ -63,21 +63,32 @@ class MissingDataError(FileNotFoundError):
 # downloading
 
 
-def _download(url: str, dest: Path, timeout: float = 60.0) -> Path:
-    """Fetch `url` to `dest` via a temporary file; a failed or killed download leaves nothing at `dest`."""
+DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, TimeoutError)
+
+
+def download_atomic(url: str, dest: Path, timeout: float = 60.0) -> Path:
+    """Fetch `url` to `dest` via a temporary file; a failed or killed download leaves nothing at `dest`.
+
+    Raises one of DOWNLOAD_ERRORS on failure; callers add what to download and where."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f, length=1 << 20)
         os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _download(url: str, dest: Path, timeout: float = 60.0) -> Path:
+    try:
+        return download_atomic(url, dest, timeout)
+    except DOWNLOAD_ERRORS as e:
         raise MissingDataError(
             f"could not download {url} to {dest} ({type(e).__name__}: {e}). If this machine is offline, "
             f"download it on one that is online and place it at {dest}."
         ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -99,7 +99,7 @@ def evaluate_t2i_toy(
     for name, renderer in renderers.items():
         key = hashlib.sha256(json.dumps(renderer.describe(), sort_keys=True).encode()).hexdigest()[:10]
         out = Path(runs_dir) / profile / "t2i" / f"{name}-{key}"
-        summary = generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
+        generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
         samples = Samples.from_dir(out, count)
         judged = metric(samples)
         entry = {"fd": judged.value, "clip": judged.details["clip"], "accuracy": judged.details["accuracy"], "count": judged.n}

@@ -18,16 +18,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..coco import center_crop_resize
+from ..coco import DOWNLOAD_ERRORS, center_crop_resize, download_atomic
 from . import MetricResult, Samples
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -54,20 +51,14 @@ def inception_extractor(device: str = "cuda", weights_dir: str | os.PathLike | N
     weights_dir = Path(weights_dir or DEFAULT_WEIGHTS_DIR)
     path = weights_dir / INCEPTION_FILE
     if not path.is_file():
-        weights_dir.mkdir(parents=True, exist_ok=True)
-        tmp = weights_dir / f".{INCEPTION_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                shutil.copyfileobj(response, f, length=1 << 20)
-            os.replace(tmp, path)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            download_atomic(url, path, timeout=60)
+        except DOWNLOAD_ERRORS as e:
             raise MissingWeightsError(
                 f"clean-fid Inception weights not found at {path} and not downloadable ({type(e).__name__}: {e}). "
                 f"Download {INCEPTION_URL} on a machine with internet and place it at {path} "
                 "(or set DITGUIDE_INCEPTION_DIR to the folder holding it)."
             ) from e
-        finally:
-            tmp.unlink(missing_ok=True)
     from cleanfid.inception_torchscript import InceptionV3W
 
     try:

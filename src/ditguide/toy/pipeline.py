@@ -138,29 +138,18 @@ class ToyPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 timestep = t.expand(batch).to(dtype)
-                with self.transformer.cache_context("cond"):
-                    noise_pred = self.transformer(
-                        hidden_states=latents,
-                        timestep=timestep / 1000,
-                        guidance=None,
-                        pooled_projections=pooled_prompt_embeds,
-                        encoder_hidden_states=prompt_embeds,
-                        txt_ids=text_ids,
-                        img_ids=latent_ids,
-                        return_dict=False,
-                    )[0]
-                if do_cfg:
-                    with self.transformer.cache_context("uncond"):
-                        neg_noise_pred = self.transformer(
-                            hidden_states=latents,
-                            timestep=timestep / 1000,
-                            guidance=None,
-                            pooled_projections=negative_pooled_prompt_embeds,
-                            encoder_hidden_states=negative_prompt_embeds,
-                            txt_ids=negative_text_ids,
-                            img_ids=latent_ids,
-                            return_dict=False,
+
+                def predict(context: str, embeds, pooled, txt_ids):
+                    # One transformer call, keyword for keyword as FluxPipeline makes it.
+                    with self.transformer.cache_context(context):
+                        return self.transformer(
+                            hidden_states=latents, timestep=timestep / 1000, guidance=None, pooled_projections=pooled,
+                            encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=latent_ids, return_dict=False,
                         )[0]
+
+                noise_pred = predict("cond", prompt_embeds, pooled_prompt_embeds, text_ids)
+                if do_cfg:
+                    neg_noise_pred = predict("uncond", negative_prompt_embeds, negative_pooled_prompt_embeds, negative_text_ids)
                     noise_pred = neg_noise_pred + guidance_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
