@@ -50,13 +50,10 @@ def evaluate_t2i_toy(
     """No guidance, the profile's default CFG, a CFG sweep and the profile's guidance specs.
 
     Every method goes through the same path as a real model: `generate` writes PNGs (resumable;
-    the folder name carries a hash of the renderer's description, so a retrained model or a changed
-    spec never reuses old samples), then the toy judge reads them back as `Samples`.
+    the folder name carries a hash of the renderer's description and the prompts, so a retrained
+    model or a changed spec never reuses old samples), then the toy judge reads them back as `Samples`.
     """
-    import hashlib
-    import json
-    from pathlib import Path
-
+    from .evaluation_real import run_dir
     from .generate import generate
     from .metrics import Samples
     from .metrics.toy import ToyJudgeMetric, load_judge
@@ -97,29 +94,19 @@ def evaluate_t2i_toy(
         labels=labels,
     )
     for name, renderer in renderers.items():
-        key = hashlib.sha256(json.dumps(renderer.describe(), sort_keys=True).encode()).hexdigest()[:10]
-        out = Path(runs_dir) / profile / "t2i" / f"{name}-{key}"
+        out = run_dir(runs_dir, prof, "t2i", name, renderer, prompts, samples_per_prompt=1)
         generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
         samples = Samples.from_dir(out, count)
         judged = metric(samples)
         entry = {"fd": judged.value, "clip": judged.details["clip"], "accuracy": judged.details["accuracy"], "count": judged.n}
+        entry.update(nfe_per_step=renderer.nfe_per_step(prompts[0]))
         if renderer.guidance is None:
-            entry.update(cfg_scale=renderer.cfg_scale, nfe_per_step=2.0 if renderer.cfg_scale > 1 else 1.0)
+            entry.update(cfg_scale=renderer.cfg_scale)
         else:
-            cost = _cost_of(renderer, prompts[:1])
-            entry.update(cfg_scale=None, nfe_per_step=cost, spec=renderer.guidance.to_dict())
+            entry.update(cfg_scale=None, spec=renderer.guidance.to_dict())
         result.metrics["methods"][name] = entry
         result.images[name] = np.stack([samples.image(i)[..., 0] for i in range(count)]).astype(np.float32) / 255.0
     return result
-
-
-def _cost_of(renderer: PipelineRenderer, prompts: list[str]) -> float:
-    """NFE-equivalents per step of a guided renderer, counted by the denoiser on one sample.
-
-    Measured on a fresh one-sample render, because `generate` skips finished samples on a rerun
-    (then nothing was counted)."""
-    renderer.render(prompts, [0])
-    return float(renderer.last_cost.nfe / renderer.steps)
 
 
 def sample_grid(images: dict[str, np.ndarray], labels: np.ndarray, methods: list[str], per_class: int = 8):

@@ -88,16 +88,6 @@ def run_dir(runs_dir: str | os.PathLike, prof: Profile, task: str, method: str, 
     return Path(runs_dir) / prof.name / task / f"{method}-{key}"
 
 
-def nfe_per_step(renderer: PipelineRenderer, prompt: str) -> float:
-    """Transformer forwards per sampling step of a method (see the module docstring)."""
-    if renderer.guidance is None:
-        return 2.0 if renderer.cfg_scale > 1 else 1.0
-    if renderer.last_cost is not None:  # counted while rendering: one batch costs what one sample does
-        return float(renderer.last_cost.nfe / renderer.steps)
-    from .evaluation import _cost_of
-
-    return _cost_of(renderer, [prompt])  # nothing rendered in this call (resumed run): count one sample
-
 
 def method_entry(method: str, renderer: PipelineRenderer, nfe: float, out: Path) -> dict:
     return {
@@ -328,7 +318,7 @@ def evaluate_t2i_real(
         (folder / f"scores-{split}-{resolution}-n{n}.json").write_text(json.dumps(full, indent=1, default=float))
         clip_details = {k: v for k, v in scores["clip_sim"].details.items() if k != "per_sample"}
         entry = {"fid": scores["fid"].value, "clip_sim": scores["clip_sim"].value, "clip_sim_ci95": clip_details["ci95"],
-                 "n": scores["fid"].n, **method_entry(method, renderer, nfe_per_step(renderer, prompts[0]), folder),
+                 "n": scores["fid"].n, **method_entry(method, renderer, renderer.nfe_per_step(prompts[0]), folder),
                  "details": {"fid": scores["fid"].details, "clip_sim": clip_details}}
         result.metrics["methods"][method] = entry
         result.run_dirs[method] = folder
@@ -566,7 +556,7 @@ def evaluate_t2v(
                             videos_per_prompt=samples_per_prompt, nproc=vbench_nproc, timeout=timeout)
         records = {d: json.loads((results / f"{d}.json").read_text()) for d in dims}
         entry = {**vbench_summary(raw), "n_videos": {d: records[d]["n_videos"] for d in dims},
-                 **method_entry(method, renderer, nfe_per_step(renderer, prompt_list[0]), folder),
+                 **method_entry(method, renderer, renderer.nfe_per_step(prompt_list[0]), folder),
                  "results_dir": str(results)}
         result.metrics["methods"][method] = entry
         result.run_dirs[method] = folder

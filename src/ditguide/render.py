@@ -49,6 +49,7 @@ class PipelineRenderer:
         self.kind = profile.kind
         self.fps = profile.fps or 16
         self.last_cost = None
+        self._fingerprint: str | None = None  # of the weights; computed once, on first describe()
 
     def describe(self) -> dict:
         return {
@@ -59,7 +60,7 @@ class PipelineRenderer:
             "steps": self.steps,
             "cfg_scale": None if self.guidance is not None else self.cfg_scale,
             "guidance": None if self.guidance is None else self.guidance.to_dict(),
-            "weights": _weights_fingerprint(self.pipe),
+            "weights": self._weights(),
             "base_seed": self.base_seed,
             "height": self.profile.height,
             "width": self.profile.width,
@@ -83,6 +84,22 @@ class PipelineRenderer:
             kwargs["num_frames"] = p.num_frames
         return kwargs
 
+    def _weights(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = _weights_fingerprint(self.pipe)
+        return self._fingerprint
+
+    def nfe_per_step(self, prompt: str) -> float:
+        """Transformer forwards per sampling step (NFE-equivalents for guided renders).
+
+        The pipeline's own CFG costs 2 (1 when off). A guided render is counted by the denoiser: from
+        the last batch if one was rendered, else (a resumed run rendered nothing) from one sample."""
+        if self.guidance is None:
+            return 2.0 if self.cfg_scale > 1 else 1.0
+        if self.last_cost is None:
+            self.render([prompt], [0])
+        return float(self.last_cost.nfe / self.steps)
+
     @torch.no_grad()
     def render(self, prompts: list[str], indices: list[int]) -> list[np.ndarray]:
         if len(prompts) != len(indices):
@@ -104,14 +121,18 @@ class PipelineRenderer:
 
 
 def _weights_fingerprint(pipe) -> str:
-    """A cheap fingerprint of the transformer's weights, so a retrained model never reuses old samples."""
+    """A cheap fingerprint of the transformer's weights, so a retrained model never reuses old samples.
+
+    64 strided values per tensor, taken on the tensor's device before any cast: converting whole
+    tensors (12 B parameters for FLUX) to float32 on the CPU would cost minutes and tens of GB."""
     import hashlib
 
     h = hashlib.sha256()
     for name, tensor in sorted(pipe.transformer.state_dict().items()):
-        t = tensor.detach().float().cpu().reshape(-1)
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu()
         h.update(name.encode())
-        h.update(np.asarray(t[:: max(1, t.numel() // 64)][:64]).tobytes())  # a strided sample is enough
+        h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
 
 

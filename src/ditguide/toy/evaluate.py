@@ -1,35 +1,15 @@
-"""Evaluate a toy renderer: class-balanced prompts, per-index seeds, judged by the digit judge."""
+"""Toy evaluation pieces: class-balanced labels, the real-vs-real floor, the held-out reference."""
 
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..metrics.toy import DigitJudge, ToyReference, toy_metrics
-from .data import prompt_for
+from ..metrics.toy import DigitJudge, ToyReference
 
 
 def balanced_labels(count: int) -> np.ndarray:
     """Label of sample i is i mod 10, so every prefix of the sample list is (nearly) balanced."""
     return np.arange(count) % 10
-
-
-def render_digits(renderer, count: int, batch_size: int, desc: str = "render", progress: bool = True) -> np.ndarray:
-    """(count, 8, 8) images in [0, 1]; sample i has label i mod 10 and noise seeded by i only."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    labels = balanced_labels(count)
-    out = []
-    for start in tqdm(range(0, count, batch_size), desc=desc, disable=not progress):
-        idx = list(range(start, min(count, start + batch_size)))
-        frames = renderer.render([prompt_for(labels[i]) for i in idx], idx)
-        out.extend(f[..., 0].astype(np.float32) / 255.0 for f in frames)
-    return np.stack(out)
-
-
-def evaluate_renderer(renderer, judge: DigitJudge, reference: ToyReference, count: int, batch_size: int, desc: str = "render") -> tuple[dict, np.ndarray]:
-    images = render_digits(renderer, count, batch_size, desc=desc)
-    return toy_metrics(judge, images, balanced_labels(count), reference), images
 
 
 def real_floor(judge: DigitJudge, seed: int = 0) -> dict:
