@@ -111,9 +111,35 @@ def test_step_interval_is_half_open_on_step_fractions(interval, n, active):
     assert [i for i in range(n) if iv.contains(i, n)] == active
 
 
-def test_sigma_interval_is_closed():
+def test_sigma_interval_is_half_open_including_its_high_sigma_edge():
+    # (start, end]: the edge the trajectory reaches first (high sigma) is in, the other one out, so
+    # windows sharing an edge never both claim a step (Kynkaanniemi et al.'s (sigma_lo, sigma_hi]).
     iv = Interval.from_value({"start": 0.2, "end": 0.8, "unit": "sigma"})
-    assert [s for s in (1.0, 0.8, 0.5, 0.2, 0.1) if iv.contains(0, 10, s)] == [0.8, 0.5, 0.2]
+    assert [s for s in (1.0, 0.8, 0.5, 0.2, 0.1) if iv.contains(0, 10, s)] == [0.8, 0.5]
+
+
+@pytest.mark.parametrize("n", [10, 28, 50, 100, 200])
+def test_open_step_interval_is_sd3s_skip_layer_window(n):
+    # StableDiffusion3Pipeline runs its skip-layer pass when `i > N * start and i < N * stop`.
+    start, stop = 0.01, 0.2
+    iv = Interval.from_value({"start": start, "end": stop, "open": True})
+    assert [i for i in range(n) if iv.contains(i, n)] == [i for i in range(n) if n * start < i < n * stop]
+
+
+def test_slg_preset_window_is_open_also_when_overridden():
+    for interval in (None, [0.01, 0.2], {"start": 0.01, "end": 0.2}):
+        spec = GuidanceSpec.from_dict(preset("slg", interval=interval))
+        window = [t for t in spec.terms if t.name == "slg"][0].interval
+        assert window.open and [i for i in range(100) if window.contains(i, 100)] == list(range(2, 20))
+
+
+def test_sigma_windows_sharing_an_edge_activate_one_primary_term_per_step():
+    spec = GuidanceSpec.from_dict(preset("slg_weak_negative", interval={"start": 0.3, "end": 0.7, "unit": "sigma"}))
+    sigmas = [1.0 - 0.1 * i for i in range(10)] + [0.0]  # a linear 10-step schedule: hits 0.7 and 0.3
+    spec.check_schedule(10, sigmas)
+    needed = [spec.branches_needed(StepInfo(i, 10, sigmas[i])) for i in range(10)]
+    # sigma 1.0 .. 0.8 plain CFG, (0.3, 0.7] the weak negative, 0.3 .. 0.1 plain CFG again
+    assert needed == [["cond", "uncond"]] * 3 + [["cond", "uncond_weak"]] * 4 + [["cond", "uncond"]] * 3
 
 
 # ---- planning and combining -----------------------------------------------------------------------
@@ -191,7 +217,7 @@ def test_preset_overrides():
     d = preset("slg", blocks=[1], cfg_scale=3.0, scale=2.8, interval=[0.01, 0.5])
     assert d["branches"]["skip"]["edits"] == {"edits": [{"op": "skip", "blocks": [1]}]}
     assert [(t["rule"], t["scale"]) for t in d["terms"]] == [("cfg", 3.0), ("delta", 2.8)]
-    assert d["terms"][1]["interval"] == [0.01, 0.5]
+    assert d["terms"][1]["interval"] == {"start": 0.01, "end": 0.5, "unit": "step", "open": True}
     assert [t["rule"] for t in preset("stg", cfg_scale=1.0)["terms"]] == ["delta"]
     weak = {"edits": [{"op": "scale", "blocks": ["double:1"], "alpha": 0.5}]}
     assert preset("strong_weak", weak=weak)["branches"]["weak"]["edits"] == weak

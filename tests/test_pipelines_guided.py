@@ -89,6 +89,19 @@ def test_slg_spec_reproduces_sd3_skip_layer_guidance(pipes):
     assert [s.branches for s in cost.steps][:2] == [["cond", "uncond"], ["cond", "uncond", "skip"]]
 
 
+@pytest.mark.parametrize("steps", [10, 28, 50, 100])
+def test_slg_window_matches_sd3_at_integer_edges(pipes, steps):
+    """SD3's skip-layer pass runs when N*start < i < N*stop, strictly: at N = 100, 0.01 * N = 1 is an
+    integer, and step 1 has no third pass."""
+    pipe = pipes["sd3"]
+    native = pipe(**call_args("sd3", steps), guidance_scale=3.0, skip_guidance_layers=[1], skip_layer_guidance_scale=2.8).images
+    spec = preset("slg", blocks=[1], cfg_scale=3.0, scale=2.8)  # SD3's default window, 0.01 to 0.2
+    out, cost = run_guided(pipe, spec, mode=[["uncond", "cond"], ["skip"]], share_prefix=False, **call_args("sd3", steps))
+    assert torch.equal(out.images, native)
+    third_pass = [s.step for s in cost.steps if "skip" in s.branches]
+    assert third_pass == [i for i in range(steps) if steps * 0.01 < i < steps * 0.2]
+
+
 def test_intervals_switch_terms_on_and_off_at_the_right_steps(pipes):
     """Wan (UniPC multistep): CFG on the first half of the steps, autoguidance on a sigma window."""
     pipe = pipes["wan"]
@@ -98,11 +111,11 @@ def test_intervals_switch_terms_on_and_off_at_the_right_steps(pipes):
     out, cost = run_guided(pipe, spec, **call_args("wan", steps))
     sigmas = [float(s) for s in pipe.scheduler.sigmas[:steps]]
     for i, step in enumerate(cost.steps):
-        expected = ["cond"] + (["uncond"] if i < steps // 2 else []) + (["weak"] if 0.3 <= sigmas[i] <= 0.7 else [])
+        expected = ["cond"] + (["uncond"] if i < steps // 2 else []) + (["weak"] if 0.3 < sigmas[i] <= 0.7 else [])
         assert step.step == i and sorted(step.branches) == sorted(expected), (i, sigmas[i], step.branches)
         # cond 2 blocks, uncond 2, weak 1 (block 0 skipped)
         assert step.block_evals == 2 + (2 if "uncond" in expected else 0) + (1 if "weak" in expected else 0)
-    assert any(0.3 <= s <= 0.7 for s in sigmas) and not all(0.3 <= s <= 0.7 for s in sigmas)
+    assert any(0.3 < s <= 0.7 for s in sigmas) and not all(0.3 < s <= 0.7 for s in sigmas)
     assert torch.isfinite(out.frames).all()
 
 

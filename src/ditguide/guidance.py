@@ -135,12 +135,17 @@ class Interval:
 
     unit "step": fractions of the sampling steps, half-open `[start, end)`: step i of N is active when
     `start <= i / N < end`, so [0, 1] is every step and [0, 0.5] the first half exactly.
-    unit "sigma": noise levels (flow-matching sigma, 1 = pure noise), closed `[start, end]`.
+    unit "sigma": noise levels (flow-matching sigma, 1 = pure noise), half-open `(start, end]`, as
+    Kynkaanniemi et al.'s guidance interval (sigma_lo, sigma_hi].
+    Both ways the edge the trajectory reaches first is in and the other is out, so two windows that
+    share an edge never claim the same step. open=True leaves out both edges: StableDiffusion3Pipeline's
+    skip-layer window `N * start < i < N * stop`, written as SD3 computes it so the steps agree.
     """
 
     start: float = 0.0
     end: float = 1.0
     unit: str = "step"
+    open: bool = False
 
     def validate(self, where: str = "interval") -> None:
         if self.unit not in UNITS:
@@ -150,38 +155,49 @@ class Interval:
         end = _check_number(self.end, f"{where}.end", lo=0.0, hi=1.0, allowed=f"in [0, 1] ({what})")
         if start > end:
             raise GuidanceSpecError(f"{where} = [{start}, {end}]: start must be <= end")
+        if not isinstance(self.open, bool):
+            raise GuidanceSpecError(f"{where}.open = {self.open!r}: must be true or false")
 
     def contains(self, step: int, num_steps: int, sigma: float | None = None) -> bool:
         if self.unit == "step":
+            if self.open:
+                return num_steps * self.start < step < num_steps * self.end
             return self.start * num_steps - _EPS <= step < self.end * num_steps - _EPS
         if sigma is None:
             raise GuidanceSpecError("an interval in sigma needs the step's sigma; the denoiser got none")
-        return self.start - _EPS <= sigma <= self.end + _EPS
+        if self.open:
+            return self.start + _EPS < sigma < self.end - _EPS
+        return self.start + _EPS < sigma <= self.end + _EPS
 
     @property
     def is_everywhere(self) -> bool:
-        return self.unit == "step" and self.start == 0.0 and self.end == 1.0
+        return self.unit == "step" and self.start == 0.0 and self.end == 1.0 and not self.open
 
     def to_dict(self) -> dict:
-        return {"start": self.start, "end": self.end, "unit": self.unit}
+        d = {"start": self.start, "end": self.end, "unit": self.unit}
+        if self.open:
+            d["open"] = True
+        return d
 
     @classmethod
     def from_value(cls, value: Any, where: str = "interval") -> Interval:
-        """From `[start, end]` (fractions of steps), a dict with start/end/unit, or an Interval."""
+        """From `[start, end]` (fractions of steps), a dict with start/end/unit/open, or an Interval."""
         if isinstance(value, Interval):
             interval = value
         elif value is None:
             interval = cls()
         elif isinstance(value, Mapping):
-            unknown = set(value) - {"start", "end", "unit"}
+            unknown = set(value) - {"start", "end", "unit", "open"}
             if unknown:
-                raise GuidanceSpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: start, end, unit")
-            interval = cls(value.get("start", 0.0), value.get("end", 1.0), value.get("unit", "step"))
+                raise GuidanceSpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: start, end, unit, open")
+            interval = cls(
+                value.get("start", 0.0), value.get("end", 1.0), value.get("unit", "step"), value.get("open", False)
+            )
         elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
             interval = cls(value[0], value[1])
         else:
             raise GuidanceSpecError(
-                f"{where} = {value!r}: must be [start, end] (fractions of steps) or {{start, end, unit}}"
+                f"{where} = {value!r}: must be [start, end] (fractions of steps) or {{start, end, unit, open}}"
             )
         interval.validate(where)
         return interval
@@ -539,7 +555,14 @@ PRESETS: dict[str, dict] = {
         "branches": {"skip": {"prompt": "pos", "edits": _edits("skip", ["blocks:7", "blocks:8", "blocks:9"])}},
         "terms": [
             {"rule": "cfg", "scale": 4.5},
-            {"rule": "delta", "scale": 2.8, "plus": "cond", "minus": "skip", "interval": [0.01, 0.2], "name": "slg"},
+            {
+                "rule": "delta",
+                "scale": 2.8,
+                "plus": "cond",
+                "minus": "skip",
+                "interval": {"start": 0.01, "end": 0.2, "unit": "step", "open": True},
+                "name": "slg",
+            },
         ],
     },
     "slg_weak_negative": {
@@ -591,7 +614,7 @@ PRESET_NOTES: dict[str, str] = {
     "autoguidance": "Karras et al. 2024 with a layer-skipped weak model: D + (w-1)(D - D_weak), scale = w - 1 "
     "(w 1.5, weak = skip single:0: the toy's measured setting)",
     "slg": "SD3.5 skip-layer guidance: cond + (cfg-1)(cond - uncond) + 2.8 (cond - cond_skip[7,8,9]), third pass "
-    "on 1%-20% of the steps (SD3.5 Medium)",
+    "on steps 0.01 N < i < 0.2 N, open at both ends as StableDiffusion3Pipeline (SD3.5 Medium)",
     "slg_weak_negative": "Wan community 'SLG' (Wan2GP, kijai): CFG whose negative branch skips block 9 on "
     "10%-90% of the steps; no extra pass (Wan2.1)",
     "stg": "STG-R (Hyung et al. 2025): the weak model skips block 2, scale 2 (Wan2.1); op identity_attn gives STG-A",
@@ -643,6 +666,12 @@ def preset(
             for t, (a, b) in zip(terms, bounds):
                 t["interval"] = {"start": a, "end": b, "unit": window.unit}
             d["terms"] = [t for t in terms if t["interval"]["start"] < t["interval"]["end"]]
+        elif name == "slg":
+            # SD3's skip_layer_guidance_start / _stop: an open window, unless a dict says otherwise.
+            window = Interval.from_value(interval, "interval").to_dict()
+            explicit = isinstance(interval, Mapping) and "open" in interval
+            for t in targets:
+                t["interval"] = window if explicit else {**window, "open": True}
         else:
             for t in targets:
                 t["interval"] = interval
