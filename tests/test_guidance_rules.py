@@ -185,10 +185,18 @@ def test_weak_negative_needs_two_branches_at_every_step():
 
 
 def test_zero_init_needs_no_branch_and_returns_none():
-    spec = GuidanceSpec.from_dict(preset("cfg_zero_star", zero_init_steps=2))
+    spec = GuidanceSpec.from_dict(preset("cfg_zero_star", zero_init_fraction=0.2))
     assert spec.branches_needed(StepInfo(0, 10)) == [] == spec.branches_needed(StepInfo(1, 10))
     assert spec.branches_needed(StepInfo(2, 10)) == ["cond", "uncond"]
     assert spec.combine({}, StepInfo(1, 10)) is None
+
+
+@pytest.mark.parametrize("n, zeroed", [(10, 1), (20, 1), (28, 2), (50, 2), (100, 4)])
+def test_cfg_zero_star_zeroes_a_fraction_of_the_steps(n, zeroed):
+    # The authors' suggestion: about 4 % of the steps, at least the first one.
+    spec = GuidanceSpec.from_dict(preset("cfg_zero_star"))
+    assert spec.zero_init_fraction == 0.04
+    assert [i for i in range(n) if spec.branches_needed(StepInfo(i, n)) == []] == list(range(zeroed))
 
 
 def test_apg_state_is_kept_between_steps_and_x0_space_round_trips():
@@ -221,6 +229,24 @@ def test_preset_overrides():
     assert [t["rule"] for t in preset("stg", cfg_scale=1.0)["terms"]] == ["delta"]
     weak = {"edits": [{"op": "scale", "blocks": ["double:1"], "alpha": 0.5}]}
     assert preset("strong_weak", weak=weak)["branches"]["weak"]["edits"] == weak
+
+
+def test_guidance_interval_maps_edm_sigma_by_signal_to_noise_ratio():
+    from ditguide.guidance import EDM2_GUIDANCE_INTERVAL, edm_sigma_to_flow
+
+    lo, hi = EDM2_GUIDANCE_INTERVAL
+    window = GuidanceSpec.from_dict(preset("guidance_interval")).terms[0].interval
+    assert window.unit == "sigma"
+    # sigma_data 0.5 (EDM2): t = 2 sigma / (1 + 2 sigma), about (0.36, 0.92]
+    assert (window.start, window.end) == (2 * lo / (1 + 2 * lo), 2 * hi / (1 + 2 * hi))
+    assert round(window.start, 2) == 0.36 and round(window.end, 2) == 0.92
+    # equal SNR: EDM x = y + sigma n with std(y) = sigma_data; flow x = (1 - t) y + t n with std(y) = 1
+    for sigma, sigma_data in ((0.28, 0.5), (5.42, 0.5), (1.0, 1.3)):
+        t = edm_sigma_to_flow(sigma, sigma_data)
+        assert math.isclose(sigma_data**2 / sigma**2, (1 - t) ** 2 / t**2, rel_tol=1e-12)
+    # sigma_data is a stated parameter of the preset: 1.0 gives the plain t = sigma / (1 + sigma)
+    other = GuidanceSpec.from_dict(preset("guidance_interval", sigma_data=1.0)).terms[0].interval
+    assert (other.start, other.end) == (lo / (1 + lo), hi / (1 + hi))
 
 
 def test_uses_negative():
@@ -257,7 +283,8 @@ def with_term(**changes):
         (with_term(rule="apg", params={"etaa": 0.0}), ["terms[0].params", "etaa"]),
         (with_term(weight=1.0), ["terms[0]", "weight", "allowed"]),
         ({"terms": [{"rule": "cfg"}]}, ["terms[0]", "scale"]),
-        ({"terms": [], "zero_init_steps": -1}, ["zero_init_steps", ">= 0"]),
+        ({"terms": [], "zero_init_fraction": -0.1}, ["zero_init_fraction", "[0, 1]"]),
+        ({"terms": [], "zero_init_fraction": 2}, ["zero_init_fraction", "[0, 1]"]),
         ({"terms": [], "base": "strong"}, ["base", "'strong'"]),
         ({"branches": {"cond": {"prompt": "pos", "edits": {"edits": []}}}}, ["branches.cond", "reserved"]),
         ({"branches": {"w": {"prompt": "negative"}}}, ["branches.w.prompt", "'pos'"]),

@@ -126,8 +126,8 @@ TOY_METHODS = {
     "cfg": ({}, [12] * 10),
     "cfg_zero_star": ({}, [0] + [12] * 9),  # zero-init: no forward at step 0
     "apg": ({}, [12] * 10),
-    # sigmas 1.0, 0.9, ..., 0.1: CFG for sigma in [0.22, 0.84] = steps 2-7
-    "guidance_interval": ({}, [6, 6] + [12] * 6 + [6, 6]),
+    # sigmas 1.0, 0.9, ..., 0.1: CFG for sigma in (0.359, 0.916] = steps 1-6
+    "guidance_interval": ({}, [6] + [12] * 6 + [6] * 3),
     # weak skips single:0 (global 2): shares 0-1, skips 2, computes 3-5
     "autoguidance": ({}, [6 + 3] * 10),
     # third pass only at step 1 (window 1%-20%); skip single:1 = global 3: shares 0-2, computes 4-5

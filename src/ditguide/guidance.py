@@ -11,7 +11,7 @@ How a spec combines its predictions at one step (every term only while its inter
     out = P[base]                                          # base: the conditional model, "cond"
     primary term (cfg | cfg_zero_star | apg):  out = rule(P[plus], P[minus], scale)
     each delta term, in order:                 out = out + (P[plus] - P[minus]) * scale
-    the first `zero_init_steps` steps:         out = 0     (CFG-Zero*'s zero-init)
+    steps i < zero_init_fraction * N:          out = 0     (CFG-Zero*'s zero-init)
 
 The primary rules follow the published formulas in the diffusers convention (`uncond + s(cond -
 uncond)`, so a CFG term reproduces a pipeline's own CFG bit for bit). Every other method is a delta
@@ -70,7 +70,7 @@ def cfg_zero_star_alpha(cond: torch.Tensor, uncond: torch.Tensor, eps: float = 1
 def cfg_zero_star(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """CFG-Zero* (Fan et al. 2025): CFG against the negative rescaled by its optimized scale,
     `alpha uncond + s (cond - alpha uncond)`. The zero-init of the first steps is the spec's
-    `zero_init_steps`, since it replaces the whole prediction."""
+    `zero_init_fraction`, since it replaces the whole prediction."""
     uncond = uncond * cfg_zero_star_alpha(cond, uncond)
     return uncond + scale * (cond - uncond)
 
@@ -293,7 +293,7 @@ class GuidanceSpec:
     terms: tuple[Term, ...] = ()
     branches: Mapping[str, Branch] = field(default_factory=dict)
     base: str = "cond"
-    zero_init_steps: int = 0
+    zero_init_fraction: float = 0.0  # CFG-Zero*: steps i < fraction * N output 0 (any fraction > 0: step 0)
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -319,9 +319,8 @@ class GuidanceSpec:
                 raise GuidanceSpecError(f"branches.{key}.prompt = {branch.prompt!r}: must be one of {PROMPTS}")
         if self.base not in self.branches:
             raise GuidanceSpecError(f"base = {self.base!r}: must name a branch, one of {sorted(self.branches)}")
-        z = self.zero_init_steps
-        if isinstance(z, bool) or not isinstance(z, int) or z < 0:
-            raise GuidanceSpecError(f"zero_init_steps = {self.zero_init_steps!r}: must be an integer >= 0")
+        z = _check_number(self.zero_init_fraction, "zero_init_fraction", lo=0.0, hi=1.0, allowed="in [0, 1] (of the steps)")
+        object.__setattr__(self, "zero_init_fraction", z)
         for i, term in enumerate(self.terms):
             where = f"terms[{i}]"
             if term.rule not in RULES:
@@ -355,8 +354,13 @@ class GuidanceSpec:
 
     # ---- planning ---------------------------------------------------------------------------------
 
+    def zeroed(self, info: StepInfo) -> bool:
+        """Whether CFG-Zero*'s zero-init replaces this step's prediction: step i of N with i < fraction * N,
+        half-open like a step interval."""
+        return info.step < self.zero_init_fraction * info.num_steps - _EPS
+
     def active_terms(self, info: StepInfo) -> list[Term]:
-        if info.step < self.zero_init_steps:
+        if self.zeroed(info):
             return []
         active = [t for t in self.terms if t.interval.contains(info.step, info.num_steps, info.sigma)]
         primaries = [t for t in active if t.is_primary]
@@ -369,7 +373,7 @@ class GuidanceSpec:
 
     def branches_needed(self, info: StepInfo) -> list[str]:
         """The branches this step needs, base first, each once, in order of first use. Empty during zero-init."""
-        if info.step < self.zero_init_steps:
+        if self.zeroed(info):
             return []
         active = self.active_terms(info)
         names = [] if any(t.is_primary for t in active) else [self.base]
@@ -403,7 +407,7 @@ class GuidanceSpec:
         per sampling run). `sample` (the noisy input x) and `info.sigma` are needed only by APG in
         space "x0". Returns None during zero-init: the caller returns zeros shaped like the output.
         """
-        if info.step < self.zero_init_steps:
+        if self.zeroed(info):
             return None
         state = {} if state is None else state
         active = self.active_terms(info)
@@ -451,8 +455,8 @@ class GuidanceSpec:
         if self.name is not None:
             d["name"] = self.name
         d["base"] = self.base
-        if self.zero_init_steps:
-            d["zero_init_steps"] = self.zero_init_steps
+        if self.zero_init_fraction:
+            d["zero_init_fraction"] = self.zero_init_fraction
         d["branches"] = extra
         d["terms"] = [t.to_dict() for t in self.terms]
         return d
@@ -466,10 +470,10 @@ class GuidanceSpec:
             return d
         if not isinstance(d, Mapping):
             raise GuidanceSpecError(f"guidance spec must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - {"name", "base", "zero_init_steps", "branches", "terms"}
+        unknown = set(d) - {"name", "base", "zero_init_fraction", "branches", "terms"}
         if unknown:
             raise GuidanceSpecError(
-                f"guidance spec: unknown keys {sorted(unknown)}; allowed: name, base, zero_init_steps, branches, terms"
+                f"guidance spec: unknown keys {sorted(unknown)}; allowed: name, base, zero_init_fraction, branches, terms"
             )
         branches = {}
         for key, b in (d.get("branches") or {}).items():
@@ -505,7 +509,7 @@ class GuidanceSpec:
             terms=tuple(terms),
             branches=branches,
             base=d.get("base", "cond"),
-            zero_init_steps=d.get("zero_init_steps", 0),
+            zero_init_fraction=d.get("zero_init_fraction", 0.0),
             name=d.get("name"),
         )
 
@@ -523,12 +527,33 @@ def _edits(op: str, blocks: Sequence[Any]) -> dict:
     return {"edits": [{"op": op, "blocks": list(blocks)}]}
 
 
+# EDM2's guidance interval (Kynkaanniemi et al. 2024): CFG only for EDM noise levels in (0.28, 5.42].
+EDM2_GUIDANCE_INTERVAL = (0.28, 5.42)
+EDM2_SIGMA_DATA = 0.5  # EDM's data standard deviation
+CFG_ZERO_STAR_ZERO_INIT = 0.04  # the CFG-Zero* authors' suggestion: zero-init about 4 % of the steps
+
+
+def edm_sigma_to_flow(sigma: float, sigma_data: float = EDM2_SIGMA_DATA) -> float:
+    """The flow-matching sigma t with the same signal-to-noise ratio as EDM's noise level `sigma`.
+
+    EDM: x = y + sigma n with std(y) = sigma_data, so SNR = sigma_data^2 / sigma^2. Flow matching on
+    unit-variance latents: x = (1 - t) y + t n with std(y) = 1, so SNR = (1 - t)^2 / t^2. Equal ratios
+    give t = sigma / (sigma + sigma_data): 2 sigma / (1 + 2 sigma) at EDM's sigma_data = 0.5.
+    """
+    return sigma / (sigma + sigma_data)
+
+
+def _guidance_interval_window(sigma_data: float) -> dict:
+    lo, hi = (edm_sigma_to_flow(s, sigma_data) for s in EDM2_GUIDANCE_INTERVAL)
+    return {"start": lo, "end": hi, "unit": "sigma"}
+
+
 PRESETS: dict[str, dict] = {
     "off": {"name": "off"},
     "cfg": {"name": "cfg", "terms": [{"rule": "cfg", "scale": 5.0}]},
     "cfg_zero_star": {
         "name": "cfg_zero_star",
-        "zero_init_steps": 1,
+        "zero_init_fraction": CFG_ZERO_STAR_ZERO_INIT,
         "terms": [{"rule": "cfg_zero_star", "scale": 5.0}],
     },
     "apg": {
@@ -543,7 +568,7 @@ PRESETS: dict[str, dict] = {
     },
     "guidance_interval": {
         "name": "guidance_interval",
-        "terms": [{"rule": "cfg", "scale": 5.0, "interval": {"start": 0.22, "end": 0.84, "unit": "sigma"}}],
+        "terms": [{"rule": "cfg", "scale": 5.0, "interval": _guidance_interval_window(EDM2_SIGMA_DATA)}],
     },
     "autoguidance": {
         "name": "autoguidance",
@@ -606,11 +631,13 @@ PRESETS: dict[str, dict] = {
 PRESET_NOTES: dict[str, str] = {
     "off": "no guidance: the conditional model, one forward per step",
     "cfg": "classifier-free guidance, uncond + s (cond - uncond)",
-    "cfg_zero_star": "CFG-Zero* (Fan et al. 2025): optimized scale; the first step outputs zero",
+    "cfg_zero_star": "CFG-Zero* (Fan et al. 2025): optimized scale; zero-init: the prediction is 0 on the first "
+    "4 % of the steps (at least one; the authors' suggestion), zero_init_fraction=",
     "apg": "APG (Sadat et al. 2025): eta 0, momentum -0.5, on the clean-image estimate; norm_threshold is "
     "model-dependent (0 = off)",
-    "guidance_interval": "CFG only for sigma in [0.22, 0.84]: EDM2's interval (0.28, 5.42] mapped to flow "
-    "sigma t = s / (1 + s) (Kynkaanniemi et al. 2024)",
+    "guidance_interval": "CFG only for flow sigma in (0.359, 0.916]: EDM2's interval (0.28, 5.42] (Kynkaanniemi "
+    "et al. 2024) mapped by equal signal-to-noise ratio, t = s / (s + sigma_data), with EDM2's sigma_data = 0.5 "
+    "and unit-variance latents (edm_sigma_to_flow); sigma_data= restates it, and the window is tuned per model anyway",
     "autoguidance": "Karras et al. 2024 with a layer-skipped weak model: D + (w-1)(D - D_weak), scale = w - 1 "
     "(w 1.5, weak = skip single:0: the toy's measured setting)",
     "slg": "SD3.5 skip-layer guidance: cond + (cfg-1)(cond - uncond) + 2.8 (cond - cond_skip[7,8,9]), third pass "
@@ -641,7 +668,8 @@ def preset(
     cfg_scale: the CFG scale of presets that combine with CFG (0 or 1 removes the CFG term).
     blocks: the edited blocks of the weak/perturbed branch. interval: the method term's interval.
     strong / weak: edit specs of strong_weak (and weak of autoguidance). params: apg's eta,
-    norm_threshold, momentum, space; cfg_zero_star's zero_init_steps.
+    norm_threshold, momentum, space; cfg_zero_star's zero_init_fraction; guidance_interval's
+    sigma_data (the EDM data std its window is mapped with, see `edm_sigma_to_flow`).
     """
     if name not in PRESETS:
         raise GuidanceSpecError(f"preset name = {name!r}: must be one of {sorted(PRESETS)}")
@@ -658,23 +686,7 @@ def preset(
         kept = [t for t in terms if t["rule"] != "cfg"]
         d["terms"] = ([{"rule": "cfg", "scale": cfg_scale}] if cfg_scale not in (0, 1) else []) + kept
     if interval is not None:
-        targets = [t for t in method_terms if t.get("name")] or method_terms
-        if name == "slg_weak_negative":
-            # Plain CFG before and after the window, CFG against the weakened negative inside it.
-            window = Interval.from_value(interval, "interval")
-            bounds = [(0.0, window.start), (window.start, window.end), (window.end, 1.0)]
-            for t, (a, b) in zip(terms, bounds):
-                t["interval"] = {"start": a, "end": b, "unit": window.unit}
-            d["terms"] = [t for t in terms if t["interval"]["start"] < t["interval"]["end"]]
-        elif name == "slg":
-            # SD3's skip_layer_guidance_start / _stop: an open window, unless a dict says otherwise.
-            window = Interval.from_value(interval, "interval").to_dict()
-            explicit = isinstance(interval, Mapping) and "open" in interval
-            for t in targets:
-                t["interval"] = window if explicit else {**window, "open": True}
-        else:
-            for t in targets:
-                t["interval"] = interval
+        _override_interval(name, d, method_terms, interval)
     perturbed = [k for k in ("weak", "skip", "uncond_weak", "perturbed") if k in d.get("branches", {})]
     if blocks is not None:
         if not perturbed:
@@ -686,11 +698,48 @@ def preset(
             if key not in d.get("branches", {}):
                 raise GuidanceSpecError(f"preset {name!r}: {key}= does not apply (no {key!r} branch)")
             d["branches"][key]["edits"] = copy.deepcopy(value)
-    if "zero_init_steps" in params:
-        d["zero_init_steps"] = params.pop("zero_init_steps")
+    _override_params(name, d, params, interval_given=interval is not None)
+    GuidanceSpec.from_dict(d)
+    return d
+
+
+def _override_interval(name: str, d: dict, method_terms: list[dict], interval: Any) -> None:
+    terms = d.get("terms", [])
+    targets = [t for t in method_terms if t.get("name")] or method_terms
+    if name == "slg_weak_negative":
+        # Plain CFG before and after the window, CFG against the weakened negative inside it.
+        window = Interval.from_value(interval, "interval")
+        bounds = [(0.0, window.start), (window.start, window.end), (window.end, 1.0)]
+        for t, (a, b) in zip(terms, bounds):
+            t["interval"] = {"start": a, "end": b, "unit": window.unit}
+        d["terms"] = [t for t in terms if t["interval"]["start"] < t["interval"]["end"]]
+    elif name == "slg":
+        # SD3's skip_layer_guidance_start / _stop: an open window, unless a dict says otherwise.
+        window = Interval.from_value(interval, "interval").to_dict()
+        explicit = isinstance(interval, Mapping) and "open" in interval
+        for t in targets:
+            t["interval"] = window if explicit else {**window, "open": True}
+    else:
+        for t in targets:
+            t["interval"] = interval
+
+
+def _override_params(name: str, d: dict, params: dict, *, interval_given: bool) -> None:
+    """The method-specific overrides: apg's params, zero_init_fraction, sigma_data."""
+    params = dict(params)
+    if "zero_init_fraction" in params:
+        if name != "cfg_zero_star":
+            raise GuidanceSpecError(f"preset {name!r}: zero_init_fraction= applies to cfg_zero_star only")
+        d["zero_init_fraction"] = params.pop("zero_init_fraction")
+    if "sigma_data" in params:
+        sigma_data = params.pop("sigma_data")
+        if name != "guidance_interval":
+            raise GuidanceSpecError(f"preset {name!r}: sigma_data= applies to guidance_interval only")
+        if interval_given:
+            raise GuidanceSpecError("preset 'guidance_interval': give interval= or sigma_data=, not both")
+        _check_number(sigma_data, "sigma_data", lo=1e-12, allowed="> 0 (EDM's data standard deviation)")
+        d["terms"][0]["interval"] = _guidance_interval_window(float(sigma_data))
     if params:
         if name != "apg":
             raise GuidanceSpecError(f"preset {name!r}: unknown overrides {sorted(params)}")
         d["terms"][0]["params"].update(params)
-    GuidanceSpec.from_dict(d)
-    return d
