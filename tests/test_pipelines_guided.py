@@ -137,8 +137,8 @@ TOY_METHODS = {
     "stg": ({"blocks": ["single:1"]}, [14] * 10),
     # identity attention in double:1: shares block 0, computes 1-5
     "pag": ({"blocks": ["double:1"]}, [17] * 10),
-    # strong skips single:3 (the last block: costs nothing after sharing 0-4), weak skips single:0
-    "strong_weak": ({}, [6 + 6 + 0 + 3] * 10),
+    # strong amplifies single:3 (shares 0-4, computes the last block), weak skips single:0
+    "strong_weak": ({}, [6 + 6 + 1 + 3] * 10),
 }
 
 
@@ -166,7 +166,7 @@ def test_every_method_runs_on_the_toy_pipeline_at_its_hand_counted_cost(pipes, n
 
 def test_toy_negative_prompt_is_encoded_like_the_native_cfg(pipes):
     pipe = pipes["toy"]
-    prompts = ["a photo of the digit three", "the number seven"]
+    prompts = ["the digit three", "the number seven"]
     native = pipe(prompt=prompts, guidance_scale=2.5, num_inference_steps=4, output_type="latent").images
     out, _ = run_guided(pipe, preset("cfg", scale=2.5), prompt=prompts, num_inference_steps=4, output_type="latent")
     assert torch.equal(out.images, native)
@@ -198,16 +198,42 @@ def test_bad_edit_in_a_preset_fails_before_sampling(pipes):
         run_guided(pipes["sd3"], preset("slg"), **call_args("sd3"))
 
 
-def test_pipeline_running_its_own_cfg_under_a_spec_fails_loudly(pipes):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_running_its_own_cfg_under_a_spec_fails_loudly(pipes, family):
+    """Every driver notices the pipeline's own CFG: SD3 stacks [neg, pos] into one call and never
+    enters an 'uncond' cache context, so without its CFG switch it would be guided twice, silently."""
     from ditguide.pipelines import guided
 
-    pipe = pipes["flux"]
-    args = call_args("flux")
-    negative = {k: args[k] for k in ("negative_prompt_embeds", "negative_pooled_prompt_embeds")}
-    with pytest.raises(GuidanceError, match="own CFG.*'uncond' call"):
+    pipe = pipes[family]
+    original = type(pipe.transformer)
+    args = call_args(family)
+    negative = {k: v for k, v in args.items() if k.startswith("negative")}
+    with pytest.raises(GuidanceError, match="own CFG"):
         with guided(pipe, preset("cfg"), negative=negative):
-            pipe(**args, true_cfg_scale=3.0)
-    assert pipe.transformer.__class__.__name__ == "FluxTransformer2DModel"
+            pipe(**args, **native_cfg_call(family, 3.0))
+    assert type(pipe.transformer) is original
+
+
+def test_wan22_two_stage_pipeline_is_refused_before_sampling(pipes):
+    """Wan 2.2 A14B runs its low-noise steps on transformer_2, which guidance does not wrap."""
+    from diffusers import WanPipeline
+
+    from ditguide.families.tiny import tiny_transformer
+
+    tiny = pipes["wan"]
+    pipe = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=tiny.vae, scheduler=tiny.scheduler, transformer=tiny.transformer,
+        transformer_2=tiny_transformer("wan", seed=1), boundary_ratio=0.5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    handle = pipe.transformer_2.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(GuidanceError, match="transformer_2.*unguided"):
+            run_guided(pipe, preset("cfg", scale=2.0), **call_args("wan"))
+    finally:
+        handle.remove()
+    assert calls == [] and pipe.transformer is tiny.transformer
 
 
 @pytest.mark.parametrize("family", ["flux", "cogview4", "wan", "sd3"])

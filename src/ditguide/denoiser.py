@@ -270,6 +270,9 @@ class GuidedDenoiser(torch.nn.Module):
     unbatched: transformer inputs that never carry the batch dimension.
     count: "plan" (block evaluations from the compiled edit plans and the sharing plan; free) or
         "measure" (hooks count every real execution of a block body; tests check the two agree).
+    own_cfg: a callable that is true while the calling pipeline runs its own CFG (read at every call;
+        a spec with terms then raises instead of guiding twice). Pipelines that call their transformer
+        in an 'uncond' cache context are caught there as well.
     """
 
     def __init__(
@@ -284,6 +287,7 @@ class GuidedDenoiser(torch.nn.Module):
         negative: dict[str, Any] | None = None,
         unbatched: Sequence[str] = DEFAULT_UNBATCHED,
         count: str = "plan",
+        own_cfg: Callable[[], bool] | None = None,
     ):
         super().__init__()
         if isinstance(transformer, GuidedDenoiser):
@@ -299,6 +303,7 @@ class GuidedDenoiser(torch.nn.Module):
         if count not in ("plan", "measure"):
             raise GuidanceError(f"count = {count!r}: must be 'plan' or 'measure'")
         self.count = count
+        self.own_cfg = own_cfg
         self.unbatched = frozenset(unbatched)
         self.num_blocks = len(self.family.blocks(transformer))
         self._branches, self._alias = self._compile_branches()
@@ -396,10 +401,7 @@ class GuidedDenoiser(torch.nn.Module):
         if name == "uncond" and self.spec.terms:
             # The pipeline is running its own CFG on top of the spec's guidance: its second call
             # would be guided again. Fail loudly instead of guiding twice.
-            raise GuidanceError(
-                "the pipeline runs its own CFG (it made an 'uncond' call) while a guidance spec is installed; "
-                "set its CFG scale to 1 (run_guided does this) and put CFG in the spec"
-            )
+            self._refuse_own_cfg("it made an 'uncond' call")
         inner = getattr(self.transformer, "cache_context", None)
         with inner(name, **kwargs) if inner is not None else contextlib.nullcontext():
             yield
@@ -412,6 +414,12 @@ class GuidedDenoiser(torch.nn.Module):
             if "transformer" not in modules:
                 raise
             return getattr(modules["transformer"], name)
+
+    def _refuse_own_cfg(self, how: str) -> None:
+        raise GuidanceError(
+            f"the pipeline runs its own CFG ({how}) while a guidance spec is installed; set its CFG scale to 1 "
+            "(run_guided does this) and put CFG in the spec"
+        )
 
     # ---- the step -----------------------------------------------------------------------------
 
@@ -449,6 +457,9 @@ class GuidedDenoiser(torch.nn.Module):
     def forward(self, *args, return_dict: bool = True, **kwargs):
         if args:
             raise GuidanceError("GuidedDenoiser takes keyword arguments only (as the diffusers pipelines call it)")
+        if self.spec.terms and self.own_cfg is not None and self.own_cfg():
+            # e.g. SD3 stacks [negative, positive] into this call: it would pass for a batch of positives.
+            self._refuse_own_cfg("its do_classifier_free_guidance is on")
         info = self._step_info()
         record = self.cost.step(info.step, info.sigma)
         names = self.spec.branches_needed(info)

@@ -16,6 +16,13 @@ negative conditioning, and the pipeline's loop, scheduler and decoding run as th
 
 Flux's `guidance_scale` is the distilled-guidance embedding, not CFG, and is passed through.
 
+A pipeline that runs its own CFG under a spec (e.g. `guided(pipe, spec)` and then
+`pipe(guidance_scale=3)`) would be guided twice. Every driver catches it at the first transformer
+call of that run: SD3, CogView4 and Wan through their `do_classifier_free_guidance` property (SD3
+stacks [negative, positive] into one call that would otherwise pass for a batch of positives), Flux
+and the toy, which keep the switch in a local variable, through their 'uncond' cache context.
+Wan 2.2's two-stage pipelines (`transformer_2`) are refused: only `pipe.transformer` would be guided.
+
     out, cost = run_guided(pipe, preset("cfg", scale=4.0), prompt_embeds=pe, pooled_prompt_embeds=pp,
                            negative_prompt_embeds=ne, negative_pooled_prompt_embeds=np_, num_inference_steps=28)
 """
@@ -42,6 +49,9 @@ class Driver:
     negative: tuple[tuple[str, str], ...]  # (pipeline argument, transformer keyword)
     text_ids: bool  # the transformer takes Flux text position ids (zeros(text tokens, 3))
     batch_arg: str | None = "num_images_per_prompt"  # samples per prompt (None: one)
+    # The pipeline property that is true while a call runs its own CFG (None: the pipeline keeps the
+    # switch in a local variable, and its 'uncond' cache context is the signal).
+    cfg_flag: str | None = "do_classifier_free_guidance"
 
     def negative_names(self) -> list[str]:
         return [a for a, _ in self.negative]
@@ -50,11 +60,11 @@ class Driver:
 _EMBEDS = (("negative_prompt_embeds", "encoder_hidden_states"),)
 _POOLED = (("negative_pooled_prompt_embeds", "pooled_projections"),)
 DRIVERS: dict[str, Driver] = {
-    "FluxPipeline": Driver("flux", "true_cfg_scale", _EMBEDS + _POOLED, True),
+    "FluxPipeline": Driver("flux", "true_cfg_scale", _EMBEDS + _POOLED, True, cfg_flag=None),
     "CogView4Pipeline": Driver("cogview4", "guidance_scale", _EMBEDS, False),
     "WanPipeline": Driver("wan", "guidance_scale", _EMBEDS, False, "num_videos_per_prompt"),
     "StableDiffusion3Pipeline": Driver("sd3", "guidance_scale", _EMBEDS + _POOLED, False),
-    "ToyPipeline": Driver("toy", "guidance_scale", _EMBEDS + _POOLED, True, None),
+    "ToyPipeline": Driver("toy", "guidance_scale", _EMBEDS + _POOLED, True, None, cfg_flag=None),
 }
 
 
@@ -106,6 +116,17 @@ def _batch_of(call: dict) -> int:
     return 1 if isinstance(prompt, str) else len(prompt)
 
 
+def _refuse_unguided_transformers(pipe: Any) -> None:
+    # Wan 2.2 A14B denoises the low-noise steps with `transformer_2`; wrapping only `transformer`
+    # would leave those steps unguided while the spec and the cost report claim otherwise.
+    if getattr(pipe, "transformer_2", None) is not None or getattr(pipe.config, "boundary_ratio", None) is not None:
+        raise GuidanceError(
+            f"{type(pipe).__name__} has a second transformer (transformer_2, boundary_ratio "
+            f"{getattr(pipe.config, 'boundary_ratio', None)}): a Wan 2.2 two-stage pipeline, whose low-noise steps "
+            "would run unguided; guidance supports one-transformer pipelines (Wan 2.1, Wan 2.2 TI2V-5B)"
+        )
+
+
 @contextlib.contextmanager
 def guided(
     pipe: Any,
@@ -118,8 +139,12 @@ def guided(
     """Install a GuidedDenoiser as `pipe.transformer` (restored on exit). `negative`: pipeline-argument
     names (negative_prompt_embeds, negative_pooled_prompt_embeds) -> tensors."""
     driver = driver_for(pipe)
+    _refuse_unguided_transformers(pipe)
     original = pipe.transformer
-    den = GuidedDenoiser(original, spec, scheduler=pipe.scheduler, mode=mode, share_prefix=share_prefix)
+    own_cfg = None if driver.cfg_flag is None else (lambda: bool(getattr(pipe, driver.cfg_flag, False)))
+    den = GuidedDenoiser(
+        original, spec, scheduler=pipe.scheduler, mode=mode, share_prefix=share_prefix, own_cfg=own_cfg
+    )
     if negative:
         unknown = set(negative) - set(driver.negative_names())
         if unknown:

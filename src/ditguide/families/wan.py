@@ -1,5 +1,12 @@
 """Wan 2.1 / 2.2 (WanTransformer3DModel).
 
+This adapter describes one WanTransformer3DModel, so block edits work on either transformer of a
+Wan 2.2 pipeline. Guidance does not cover Wan 2.2's two-stage pipelines (A14B: `transformer` for the
+high-noise steps, `transformer_2` below `boundary_ratio`): `ditguide.pipelines.guided` / `run_guided`
+refuse a pipeline with a `transformer_2` with a GuidanceError, since only `pipe.transformer` would
+be wrapped and the low-noise steps would run unguided. One-transformer Wan pipelines (Wan 2.1,
+Wan 2.2 TI2V-5B) are supported.
+
 Blocks (diffusers 0.42.1): "blocks" = `blocks` (WanTransformerBlock), called positionally; a block
 returns `hidden_states` only. The text never becomes a stream: it enters through cross-attention,
 so Wan has the single stream "image" (the video tokens).
