@@ -249,6 +249,34 @@ def test_guidance_interval_maps_edm_sigma_by_signal_to_noise_ratio():
     assert (other.start, other.end) == (lo / (1 + lo), hi / (1 + hi))
 
 
+STRENGTHENING_OPS = {"scale": lambda e: e["alpha"] > 1, "repeat": lambda e: e["times"] > 1, "temperature": lambda e: e["tau"] < 1}
+
+
+def test_strong_weak_default_strong_branch_is_a_strengthening():
+    from ditguide.edits import EditSpec
+
+    d = preset("strong_weak")
+    for branch, wanted in (("strong", True), ("weak", False)):
+        edits = EditSpec.parse(d["branches"][branch]["edits"]).to_dict()["edits"]
+        assert edits and all((e["op"] in STRENGTHENING_OPS and STRENGTHENING_OPS[e["op"]](e)) == wanted for e in edits)
+
+
+@pytest.mark.parametrize(
+    "strong, word",
+    [
+        ("skip:single:3", "skip"),
+        ({"edits": [{"op": "scale", "blocks": ["single:3"], "alpha": 0.5}]}, "alpha 0.5"),
+        ("skip_attn:single:1", "skip_attn"),
+        ("scale(2):single:1;skip_ff:single:2", "skip_ff"),
+        ("temperature(2):single:1", "tau 2"),
+    ],
+)
+def test_strong_weak_refuses_a_strong_edit_that_weakens_the_model(strong, word):
+    with pytest.raises(GuidanceSpecError, match="strong") as err:
+        preset("strong_weak", strong=strong)
+    assert word in str(err.value)
+
+
 def test_uses_negative():
     assert GuidanceSpec.from_dict(preset("cfg")).uses_negative
     assert not GuidanceSpec.from_dict(preset("autoguidance")).uses_negative

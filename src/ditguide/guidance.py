@@ -618,7 +618,7 @@ PRESETS: dict[str, dict] = {
     "strong_weak": {
         "name": "strong_weak",
         "branches": {
-            "strong": {"prompt": "pos", "edits": _edits("skip", ["single:3"])},
+            "strong": {"prompt": "pos", "edits": {"edits": [{"op": "scale", "blocks": ["single:3"], "alpha": 1.5}]}},
             "weak": {"prompt": "pos", "edits": _edits("skip", ["single:0"])},
         },
         "terms": [
@@ -647,7 +647,8 @@ PRESET_NOTES: dict[str, str] = {
     "stg": "STG-R (Hyung et al. 2025): the weak model skips block 2, scale 2 (Wan2.1); op identity_attn gives STG-A",
     "pag": "PAG (Ahn et al. 2024): identity attention in block 1, scale 3 (diffusers' SD3 PAG default layer)",
     "strong_weak": "ours: D + (cfg-1)(D - D_uncond) + w (D_strong - D_weak); strong and weak are edit specs "
-    "(toy example: strong removes single:3, weak removes single:0)",
+    "(toy example: strong amplifies the residual update of single:3 by 1.5, weak removes single:0); a strong "
+    "edit must strengthen (scale alpha > 1, repeat, temperature tau < 1)",
 }
 
 
@@ -699,8 +700,34 @@ def preset(
                 raise GuidanceSpecError(f"preset {name!r}: {key}= does not apply (no {key!r} branch)")
             d["branches"][key]["edits"] = copy.deepcopy(value)
     _override_params(name, d, params, interval_given=interval is not None)
+    if name == "strong_weak":
+        _check_strengthening(d["branches"]["strong"]["edits"])
     GuidanceSpec.from_dict(d)
     return d
+
+
+_PARAMETER_NAMES = {"scale": "alpha", "repeat": "times", "temperature": "tau"}
+
+
+def _check_strengthening(edits: Any) -> None:
+    """Refuse a strong branch whose edits weaken the model: guidance by the difference of two weakened
+    models is another method than the one strong_weak names. Only the op names and parameters are
+    read (the edit spec's own parsing, no model)."""
+    from .edits.spec import EditError, EditSpec
+
+    try:
+        spec = EditSpec.parse(edits)
+    except EditError as err:
+        raise GuidanceSpecError(f"preset 'strong_weak': strong= {err}") from None
+    strengthens = {"scale": lambda e: e.alpha > 1, "repeat": lambda e: e.times > 1, "temperature": lambda e: e.tau < 1}
+    for e in spec:
+        if not strengthens.get(e.op, lambda e: False)(e):
+            what = f"{_PARAMETER_NAMES.get(e.op)} {e.parameter:g}" if e.op in _PARAMETER_NAMES else "removes computation"
+            raise GuidanceSpecError(
+                f"preset 'strong_weak': strong= edit {e.to_string()!r} ({e.op}, {what}) weakens the model, so "
+                "the strong branch would be a second weak one; a strong edit must strengthen: scale with alpha > 1, "
+                "repeat, or temperature with tau < 1 (write a full spec to guide by two weakened models)"
+            )
 
 
 def _override_interval(name: str, d: dict, method_terms: list[dict], interval: Any) -> None:
