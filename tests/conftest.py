@@ -1,10 +1,12 @@
 import os
+import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -13,6 +15,26 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rngs():
+    """Every test starts from the same global RNG state, whatever ran before it (any order, alone or
+    in the suite). Tests that need randomness should still draw from explicit generators; this only
+    makes a forgotten one deterministic instead of order-dependent. Module- and session-scoped
+    fixtures are set up before this runs, so they seed themselves."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # pytest-randomly shuffles the order; its seed is in the header, which `-q` hides. Print it in the
+    # summary (shown with -q) so that a failure that depends on the order can be replayed.
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"random test order: seed {seed}; replay it with --randomly-seed={seed} "
+                                    "(-p no:randomly runs in file order)")
 
 
 @pytest.fixture
