@@ -246,10 +246,15 @@ COUNT_CASES = {
     },
     "attention edits": {
         "branches": {
-            "pag": {"prompt": "pos", "edits": {"edits": [{"op": "identity_attn", "blocks": [0]}]}},
+            "pag": {"prompt": "pos", "edits": {"edits": [{"op": "identity_attn_in_stream", "blocks": [0], "streams": ["image"]}]}},
+            "ata": {"prompt": "pos", "edits": {"edits": [{"op": "identity_attn_all_tokens", "blocks": [1]}]}},
             "sa": {"prompt": "neg", "edits": {"edits": [{"op": "skip_attn", "blocks": [2]}, {"op": "skip", "blocks": [1]}]}},
         },
-        "terms": [{"rule": "cfg", "scale": 2.0, "minus": "sa"}, {"rule": "delta", "scale": 1.0, "minus": "pag"}],
+        "terms": [
+            {"rule": "cfg", "scale": 2.0, "minus": "sa"},
+            {"rule": "delta", "scale": 1.0, "minus": "pag"},
+            {"rule": "delta", "scale": 0.5, "minus": "ata"},
+        ],
     },
 }
 

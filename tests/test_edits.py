@@ -316,7 +316,78 @@ def test_identity_attn_equals_diffusers_attention_score_skip(family):
         finally:
             for h in handles:
                 h.remove()
-        assert torch.equal(run(model, inputs, BlockEdit("identity_attn", [index])), expected)
+        assert torch.equal(run(model, inputs, BlockEdit("identity_attn_all_tokens", [index])), expected)
+
+
+class _ImageQueriesSeeOnlyThemselvesAndText(torch.overrides.TorchFunctionMode):
+    """Reference for identity_attn_in_stream@image, written per query: an image query's softmax runs
+    over the text keys and its own key only; text queries attend as usual. `text_first`: the token
+    order of the joint attention ([text, image] in Flux / CogView4, [image, text] in SD3)."""
+
+    def __init__(self, n_text, text_first):
+        super().__init__()
+        self.n_text, self.text_first = n_text, text_first
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        q, k, v = (args[i] if i < len(args) else kwargs[name] for i, name in enumerate(("query", "key", "value")))
+        plain = func(*args, **kwargs)
+        total = q.shape[-2]
+        if total == self.n_text or total not in (16, 16 + self.n_text):  # only joint/image self-attention
+            return plain
+        n_text = total - 16
+        img = slice(n_text, total) if self.text_first else slice(0, 16)
+        txt = slice(0, n_text) if self.text_first else slice(16, total)
+        qi, ki, vi = q[..., img, :], k[..., img, :], v[..., img, :]
+        scale = q.shape[-1] ** -0.5
+        scores = torch.cat([qi @ k[..., txt, :].transpose(-1, -2) * scale, (qi * ki).sum(-1, keepdim=True) * scale], -1)
+        weights = scores.softmax(-1)
+        out_img = weights[..., :n_text] @ v[..., txt, :] + weights[..., n_text:] * vi
+        out = plain.clone()
+        out[..., img, :] = out_img
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:Defining your `__torch_function__` as a plain method")
+@pytest.mark.parametrize("family", ["flux", "cogview4", "sd3", "toy"])
+def test_identity_attn_in_stream_keeps_image_to_text_attention(family):
+    """PAG's reference perturbation (diffusers' PAGJointAttnProcessor2_0) on joint attention: image
+    queries attend to themselves among the image tokens and to all text tokens; text is untouched."""
+    model, inputs = model_of(family, F64), tiny_inputs(family, 2, dtype=F64)
+    reference = _ImageQueriesSeeOnlyThemselvesAndText(6, text_first=family != "sd3")
+    for index in range(n_blocks(family)):
+
+        def make(module):
+            return [
+                module.register_forward_pre_hook(lambda m, a: reference.__enter__() and None),
+                module.register_forward_hook(lambda m, a, o: reference.__exit__(None, None, None)),
+            ]
+
+        handles = _with_torch_hooks(model, family, index, ATTENTION_PATHS, make)
+        try:
+            expected = run(model, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        got = run(model, inputs, BlockEdit("identity_attn_in_stream", [index], streams=("image",)))
+        torch.testing.assert_close(got, expected, **TOL)
+        assert (got - run(model, inputs, BlockEdit("identity_attn_all_tokens", [index], streams=("image",)))).abs().max() > 1e-3
+
+
+def test_identity_attn_in_stream_leaves_text_queries_alone_and_is_identity_on_one_stream():
+    model, inputs = model_of("flux", F64), tiny_inputs("flux", 2, dtype=F64)
+    info = get_family("flux").block_info(model, 0)
+    _, plain = _block_io(model, "flux", 0, inputs)
+    _, got = _block_io(model, "flux", 0, inputs, BlockEdit("identity_attn_in_stream", ["double:0"], streams=("image",)))
+    plain, got = _streams_of_output(info, plain), _streams_of_output(info, got)
+    # the text stream of a double block reads text queries only: unchanged (all-token identity changes it
+    # through nothing either, but in-stream identity keeps image -> text attention, see above)
+    assert torch.equal(got["text"], plain["text"]) and not torch.allclose(got["image"], plain["image"])
+    # Wan's self-attention has one stream: in-stream identity is the identity attention
+    wan, wan_inputs = model_of("wan", F64), tiny_inputs("wan", 2, dtype=F64)
+    assert torch.equal(run(wan, wan_inputs, "identity_attn_in_stream:1"), run(wan, wan_inputs, "identity_attn_all_tokens:1"))
 
 
 def test_per_stream_attention_edits_touch_only_that_streams_queries():
@@ -336,7 +407,7 @@ def test_per_stream_attention_edits_touch_only_that_streams_queries():
         torch.testing.assert_close(a, b, **TOL)
     # identity attention on text queries changes the text stream, and the image stream only via
     # nothing: image queries still attend normally
-    _, got = _block_io(model, family, 0, inputs, BlockEdit("identity_attn", ["double:0"], streams=("text",)))
+    _, got = _block_io(model, family, 0, inputs, BlockEdit("identity_attn_all_tokens", ["double:0"], streams=("text",)))
     got = _streams_of_output(info, got)
     assert torch.equal(got["image"], plain["image"])
     assert not torch.allclose(got["text"], plain["text"])
@@ -417,11 +488,11 @@ def test_removing_every_branch_equals_skipping_the_block(family, index, ops):
 # --- rows ----------------------------------------------------------------------------------------
 
 MASK_SPECS = {
-    "flux": "skip:double:1;scale(1.7)@image:single:0;identity_attn@text:double:0;temperature(0.6):single:1",
+    "flux": "skip:double:1;scale(1.7)@image:single:0;identity_attn_all_tokens@text:double:0;temperature(0.6):single:1",
     "toy": "skip_attn:single:3;repeat(2):double:0;skip_ff@text:single:1;scale(0.3)@text+image:single:3",
     "cogview4": "skip_ff@image:0;temperature(2.5):1;scale(-0.5)@text:0",
-    "wan": "skip_cross_attn:0;identity_attn:1;scale(2):0",
-    "sd3": "identity_attn@image:0;skip:1;skip_ff:2;temperature(0.8)@image:2",
+    "wan": "skip_cross_attn:0;identity_attn_all_tokens:1;scale(2):0",
+    "sd3": "identity_attn_in_stream@image:0;skip:1;skip_ff:2;temperature(0.8)@image:2",
 }
 
 
@@ -567,7 +638,8 @@ def test_stateful_diffusers_hooks_are_refused():
 # --- validation ----------------------------------------------------------------------------------
 
 BAD_EDITS = [
-    (dict(op="drop", blocks=[0]), r"parameter 'op' is 'drop'; allowed ops: \['identity_attn', 'repeat', 'scale'"),
+    (dict(op="drop", blocks=[0]), r"parameter 'op' is 'drop'; allowed ops: \['identity_attn_all_tokens', 'identity_attn_in_stream', 'repeat'"),
+    (dict(op="identity_attn", blocks=[0]), r"op 'identity_attn' was renamed: use identity_attn_all_tokens .* or identity_attn_in_stream"),
     (dict(op="skip", blocks=[]), r"parameter 'blocks' is empty"),
     (dict(op="skip", blocks=[-1]), r"parameter 'blocks' has -1"),
     (dict(op="skip", blocks=[True]), r"parameter 'blocks' has True"),
@@ -604,12 +676,13 @@ BAD_FOR_MODEL = [
     ("flux", dict(op="skip_cross_attn", blocks=[0]), r"skip_cross_attn on block double:0: no cross-attention acts on stream"),
     ("wan", dict(op="skip", blocks=[0], streams=("text",)), r"family 'wan' has streams \('image',\)"),
     ("sd3", dict(op="skip_ff", blocks=["blocks:2"], streams=("text",)), r"block blocks:2.*returns only \('image',\).*context_pre_only"),
-    ("sd3", dict(op="identity_attn", blocks=[2], streams=("text", "image")), r"returns only \('image',\)"),
+    ("sd3", dict(op="identity_attn_all_tokens", blocks=[2], streams=("text", "image")), r"returns only \('image',\)"),
+    ("sd3", dict(op="identity_attn_in_stream", blocks=[2], streams=("text",)), r"returns only \('image',\)"),
     ("cogview4", dict(op="repeat", blocks=[0], times=2, streams=("image",)), r"repeat on block blocks:0.*must cover all"),
     ("wan", dict(op="skip_cross_attn", blocks=[1], streams=("text",)), r"family 'wan' has streams"),
     # the model decodes only image tokens: a text-only edit of the last block cannot matter
     ("flux", dict(op="skip_ff", blocks=["single:1"], streams=("text",)), r"discards the text output of its last block"),
-    ("cogview4", dict(op="identity_attn", blocks=[1], streams=("text",)), r"discards the text output of its last block"),
+    ("cogview4", dict(op="identity_attn_all_tokens", blocks=[1], streams=("text",)), r"discards the text output of its last block"),
 ]
 
 
@@ -645,10 +718,10 @@ def test_uncovered_processors_and_backends_are_refused():
 
     model = tiny_transformer("flux")
     model.transformer_blocks[1].attn.set_processor(MyProcessor())
-    for op in ("skip_attn", "identity_attn"):
+    for op in ("skip_attn", "identity_attn_all_tokens", "identity_attn_in_stream"):
         with pytest.raises(EditError, match=r"attention 'attn' uses processor MyProcessor, .*covered: \['FluxAttnProcessor'\]"):
             EditSpec([BlockEdit(op, ["double:1"])]).validate(model)
-    EditSpec([BlockEdit("skip", ["double:1"]), BlockEdit("identity_attn", ["double:0"])]).validate(model)
+    EditSpec([BlockEdit("skip", ["double:1"]), BlockEdit("identity_attn_all_tokens", ["double:0"])]).validate(model)
 
     model.transformer_blocks[0].attn.processor._attention_backend = "flex"
     with pytest.raises(EditError, match=r"attention backend 'flex' of 'attn' does not call torch's scaled_dot_product"):
@@ -673,7 +746,7 @@ def test_an_attention_edit_that_cannot_act_raises_at_run_time(monkeypatch):
     monkeypatch.setitem(_AttentionBackendRegistry._supported_arg_names, name, set(inspect.signature(manual_attention).parameters))
     model, inputs = tiny_transformer("toy"), tiny_inputs("toy", 1)
     processor = model.single_transformer_blocks[0].attn.processor
-    with apply_edits(model, "identity_attn:single:0"):
+    with apply_edits(model, "identity_attn_all_tokens:single:0"):
         processor._attention_backend = name
         with pytest.raises(EditError, match=r"block single:0: attention 'attn' did not call torch's scaled_dot_product"):
             model(**inputs)
@@ -706,7 +779,7 @@ def test_spec_round_trips_through_dict_json_yaml_and_string():
             BlockEdit("scale", "single:3", streams="image", alpha=1.5),
             BlockEdit("temperature", [2], streams=("text", "image"), tau=0.8),
             BlockEdit("repeat", ["single:0"], times=2),
-            BlockEdit("identity_attn", [0]),
+            BlockEdit("identity_attn_in_stream", [0], streams=("image",)),
         ]
     )
     assert spec.edits[1].blocks == ("single:3",) and spec.edits[1].streams == ("image",)
@@ -715,13 +788,17 @@ def test_spec_round_trips_through_dict_json_yaml_and_string():
     assert EditSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec
     text = spec.to_string()
     assert text == (
-        "skip:double:1,5;scale(1.5)@image:single:3;temperature(0.8)@text+image:2;repeat(2):single:0;identity_attn:0"
+        "skip:double:1,5;scale(1.5)@image:single:3;temperature(0.8)@text+image:2;repeat(2):single:0;"
+        "identity_attn_in_stream@image:0"
     )
     assert EditSpec.from_string(text) == spec
     assert EditSpec.parse(text) == EditSpec.parse(spec.to_dict()) == EditSpec.parse(list(spec)) == spec
     assert EditSpec.from_string("skip:double:1,single:3") == EditSpec([BlockEdit("skip", ["double:1", "single:3"])])
     assert str(EditSpec()) == "<no edit>" and EditSpec.parse(None) == EditSpec() and not EditSpec()
-    assert set(OPS) == {"skip", "skip_attn", "skip_cross_attn", "skip_ff", "scale", "identity_attn", "temperature", "repeat"}
+    assert set(OPS) == {
+        "skip", "skip_attn", "skip_cross_attn", "skip_ff", "scale", "identity_attn_in_stream", "identity_attn_all_tokens",
+        "temperature", "repeat",
+    }
 
 
 @pytest.mark.parametrize(

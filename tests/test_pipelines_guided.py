@@ -102,6 +102,52 @@ def test_slg_window_matches_sd3_at_integer_edges(pipes, steps):
     assert third_pass == [i for i in range(steps) if steps * 0.01 < i < steps * 0.2]
 
 
+def sd3_pag_pair(pipes):
+    """A tiny SD3 without qk-norm (diffusers' PAG processor skips it) and large random weights (so
+    that attention matters), as StableDiffusion3Pipeline and as StableDiffusion3PAGPipeline on block 1.
+    In float64: with these weights float32 rounding grows to ~1e-5 over the steps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3PAGPipeline, StableDiffusion3Pipeline
+
+    from ditguide.families.tiny import tiny_transformer
+
+    transformer = tiny_transformer("sd3", qk_norm=None, dual_attention_layers=())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    torch.nn.Module.to(transformer, torch.float64)
+    base = pipes["sd3"]
+    parts = dict(transformer=transformer, vae=base.vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                 tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    plain = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **parts)
+    pag = StableDiffusion3PAGPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pag_applied_layers=["blocks.1"], **parts)
+    for pipe in (plain, pag):
+        pipe.set_progress_bar_config(disable=True)
+    return plain, pag
+
+
+def test_pag_preset_equals_diffusers_sd3_pag_pipeline(pipes):
+    """Same layer (block 1), same scales: the image-to-image attention of the perturbed branch is
+    masked to its diagonal, image queries still see the text, text queries are untouched."""
+    plain, pag = sd3_pag_pair(pipes)
+
+    def args():
+        return {k: v.double() if torch.is_tensor(v) else v for k, v in call_args("sd3", steps=6).items()}
+
+    reference = pag(**args(), guidance_scale=3.0, pag_scale=3.0).images
+    cfg_only = plain(**args(), guidance_scale=3.0).images
+    assert (reference - cfg_only).abs().max() > 0.1  # PAG matters here
+    spec = preset("pag", cfg_scale=3.0, scale=3.0)
+    for mode in ([["uncond", "cond", "perturbed"]], "sequential"):
+        out, _ = run_guided(plain, spec, mode=mode, **args())
+        torch.testing.assert_close(out.images, reference, rtol=0, atol=1e-12)
+    # the all-token identity (output = V, which also cuts image -> text attention) is another perturbation
+    edits = {"edits": [{"op": "identity_attn_all_tokens", "blocks": ["blocks:1"], "streams": ["image"]}]}
+    spec["branches"]["perturbed"]["edits"] = edits
+    out, _ = run_guided(plain, spec, **args())
+    assert (out.images - reference).abs().max() > 0.1
+
+
 def test_intervals_switch_terms_on_and_off_at_the_right_steps(pipes):
     """Wan (UniPC multistep): CFG on the first half of the steps, autoguidance on a sigma window."""
     pipe = pipes["wan"]
@@ -135,6 +181,8 @@ TOY_METHODS = {
     # negative branch skips single:2 on steps 1-8, no extra pass
     "slg_weak_negative": ({"blocks": ["single:2"]}, [12] + [11] * 8 + [12]),
     "stg": ({"blocks": ["single:1"]}, [14] * 10),
+    # image queries of single:1 (global 3) attend to themselves and the text: shares 0-2, computes 3-5
+    "stg_a": ({"blocks": ["single:1"]}, [15] * 10),
     # identity attention in double:1: shares block 0, computes 1-5
     "pag": ({"blocks": ["double:1"]}, [17] * 10),
     # strong amplifies single:3 (shares 0-4, computes the last block), weak skips single:0

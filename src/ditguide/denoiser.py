@@ -251,7 +251,10 @@ def _plan_key(index: int, plan) -> list:
         index,
         sorted(plan.alphas.items()),
         plan.times,
-        *(sorted(getattr(plan, a)) for a in ("skip_attn", "skip_cross_attn", "skip_ff", "identity_attn")),
+        *(
+            sorted(getattr(plan, a))
+            for a in ("skip_attn", "skip_cross_attn", "skip_ff", "identity_attn_in_stream", "identity_attn_all_tokens")
+        ),
         sorted(plan.temperature.items()),
     ]
 

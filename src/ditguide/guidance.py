@@ -319,7 +319,9 @@ class GuidanceSpec:
                 raise GuidanceSpecError(f"branches.{key}.prompt = {branch.prompt!r}: must be one of {PROMPTS}")
         if self.base not in self.branches:
             raise GuidanceSpecError(f"base = {self.base!r}: must name a branch, one of {sorted(self.branches)}")
-        z = _check_number(self.zero_init_fraction, "zero_init_fraction", lo=0.0, hi=1.0, allowed="in [0, 1] (of the steps)")
+        z = _check_number(
+            self.zero_init_fraction, "zero_init_fraction", lo=0.0, hi=1.0, allowed="in [0, 1] (of the steps)"
+        )
         object.__setattr__(self, "zero_init_fraction", z)
         for i, term in enumerate(self.terms):
             where = f"terms[{i}]"
@@ -473,7 +475,8 @@ class GuidanceSpec:
         unknown = set(d) - {"name", "base", "zero_init_fraction", "branches", "terms"}
         if unknown:
             raise GuidanceSpecError(
-                f"guidance spec: unknown keys {sorted(unknown)}; allowed: name, base, zero_init_fraction, branches, terms"
+                f"guidance spec: unknown keys {sorted(unknown)}; "
+                "allowed: name, base, zero_init_fraction, branches, terms"
             )
         branches = {}
         for key, b in (d.get("branches") or {}).items():
@@ -523,8 +526,18 @@ GUIDANCE_OFF = GuidanceSpec()
 # another model. `preset(name, **overrides)` returns a fresh, validated dict.
 
 
-def _edits(op: str, blocks: Sequence[Any]) -> dict:
-    return {"edits": [{"op": op, "blocks": list(blocks)}]}
+def _edits(op: str, blocks: Sequence[Any], streams: Sequence[str] | None = None) -> dict:
+    edit = {"op": op, "blocks": list(blocks)}
+    if streams is not None:
+        edit["streams"] = list(streams)
+    return {"edits": [edit]}
+
+
+# PAG / STG-A: within the image tokens an image query attends only to itself; it still attends to the
+# text, and text queries are untouched (diffusers' PAGJointAttnProcessor2_0). On Wan, whose
+# self-attention holds only the video tokens, this is the identity attention.
+def _perturbed_attention(blocks: Sequence[Any]) -> dict:
+    return _edits("identity_attn_in_stream", blocks, ["image"])
 
 
 # EDM2's guidance interval (Kynkaanniemi et al. 2024): CFG only for EDM noise levels in (0.28, 5.42].
@@ -607,9 +620,17 @@ PRESETS: dict[str, dict] = {
             {"rule": "delta", "scale": 2.0, "plus": "cond", "minus": "perturbed", "name": "stg"},
         ],
     },
+    "stg_a": {
+        "name": "stg_a",
+        "branches": {"perturbed": {"prompt": "pos", "edits": _perturbed_attention(["blocks:2"])}},
+        "terms": [
+            {"rule": "cfg", "scale": 5.0},
+            {"rule": "delta", "scale": 2.0, "plus": "cond", "minus": "perturbed", "name": "stg_a"},
+        ],
+    },
     "pag": {
         "name": "pag",
-        "branches": {"perturbed": {"prompt": "pos", "edits": _edits("identity_attn", ["blocks:1"])}},
+        "branches": {"perturbed": {"prompt": "pos", "edits": _perturbed_attention(["blocks:1"])}},
         "terms": [
             {"rule": "cfg", "scale": 5.0},
             {"rule": "delta", "scale": 3.0, "plus": "cond", "minus": "perturbed", "name": "pag"},
@@ -644,8 +665,11 @@ PRESET_NOTES: dict[str, str] = {
     "on steps 0.01 N < i < 0.2 N, open at both ends as StableDiffusion3Pipeline (SD3.5 Medium)",
     "slg_weak_negative": "Wan community 'SLG' (Wan2GP, kijai): CFG whose negative branch skips block 9 on "
     "10%-90% of the steps; no extra pass (Wan2.1)",
-    "stg": "STG-R (Hyung et al. 2025): the weak model skips block 2, scale 2 (Wan2.1); op identity_attn gives STG-A",
-    "pag": "PAG (Ahn et al. 2024): identity attention in block 1, scale 3 (diffusers' SD3 PAG default layer)",
+    "stg": "STG-R (Hyung et al. 2025): the weak model skips block 2, scale 2 (Wan2.1); stg_a is STG-A",
+    "stg_a": "STG-A (Hyung et al. 2025): identity attention in block 2, scale 2 (Wan2.1), perturbed as pag",
+    "pag": "PAG (Ahn et al. 2024), scale 3, block 1 (diffusers' SD3 PAG default layer): image queries attend to "
+    "themselves among the image tokens and still to the text, text queries untouched (identity_attn_in_stream@image "
+    "= diffusers' PAGJointAttnProcessor2_0; the same mask on Flux/CogView4 joint attention; identity attention on Wan)",
     "strong_weak": "ours: D + (cfg-1)(D - D_uncond) + w (D_strong - D_weak); strong and weak are edit specs "
     "(toy example: strong amplifies the residual update of single:3 by 1.5, weak removes single:0); a strong "
     "edit must strengthen (scale alpha > 1, repeat, temperature tau < 1)",
@@ -722,7 +746,7 @@ def _check_strengthening(edits: Any) -> None:
     strengthens = {"scale": lambda e: e.alpha > 1, "repeat": lambda e: e.times > 1, "temperature": lambda e: e.tau < 1}
     for e in spec:
         if not strengthens.get(e.op, lambda e: False)(e):
-            what = f"{_PARAMETER_NAMES.get(e.op)} {e.parameter:g}" if e.op in _PARAMETER_NAMES else "removes computation"
+            what = f"{_PARAMETER_NAMES[e.op]} {e.parameter:g}" if e.op in _PARAMETER_NAMES else "removes computation"
             raise GuidanceSpecError(
                 f"preset 'strong_weak': strong= edit {e.to_string()!r} ({e.op}, {what}) weakens the model, so "
                 "the strong branch would be a second weak one; a strong edit must strengthen: scale with alpha > 1, "

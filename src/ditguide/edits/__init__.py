@@ -23,9 +23,9 @@ sd3       `attn` joint, `attn2` (SD3.5 dual blocks)   `ff`, `ff_context`        
 ========  ==========================================  ========================  ==================
 
 skip_attn / skip_cross_attn / skip_ff zero the sub-module's output for the named streams and work
-with any attention backend. identity_attn / temperature rewrite the call to torch's
-F.scaled_dot_product_attention, so they need, for processors that dispatch, one of diffusers'
-native backends (native, _native_math, _native_efficient, _native_flash, _native_cudnn). Any
+with any attention backend. identity_attn_in_stream / identity_attn_all_tokens / temperature rewrite
+the call to torch's F.scaled_dot_product_attention, so they need, for processors that dispatch, one
+of diffusers' native backends (native, _native_math, _native_efficient, _native_flash, _native_cudnn). Any
 other processor class (IP-Adapter, PAG, training processors, user subclasses) or backend is
 refused by validation with an EditError, and an attention edit that still reaches no SDPA call at
 run time raises instead of silently doing nothing. Models carrying stateful diffusers hooks

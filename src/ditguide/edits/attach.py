@@ -120,7 +120,7 @@ def attach_edits(
                 if not edits:
                     continue
                 owner.sites_with_edits.append(site.path)
-                if "identity" in edits or "temperature" in edits:
+                if {"identity", "identity_in_stream", "temperature"} & set(edits):
                     owner.sites_with_sdpa_edits.append(site.path)
                 install(block.get_submodule(site.path), AttentionEditHook(owner, site.path, site.output, site.query_streams, edits))
             for site in plan.info.feedforward:

@@ -238,7 +238,7 @@ class BlockEditHook(ModelHook):
             if frame.sdpa_calls[path] < frame.hits[path]:
                 raise EditError(
                     f"block {self.info.address}: attention '{path}' did not call torch's scaled_dot_product_attention "
-                    "(non-native attention backend or custom processor), so identity_attn/temperature could not act"
+                    "(non-native attention backend or custom processor), so identity attention/temperature could not act"
                 )
 
     def _fed_back(self, arguments: dict[str, Any], output) -> dict[str, Any]:
@@ -281,6 +281,7 @@ class AttentionEditHook(ModelHook):
         self.query_streams = query_streams
         self.skip: set[str] = edits.get("skip", set())
         self.identity: set[str] = edits.get("identity", set())
+        self.identity_in_stream: set[str] = edits.get("identity_in_stream", set())
         self.temperature: dict[str, float] = edits.get("temperature", {})
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
@@ -289,9 +290,9 @@ class AttentionEditHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         call = frame.hits[self.path]
         frame.hits[self.path] += 1
-        if self.identity or self.temperature:
+        if self.identity or self.identity_in_stream or self.temperature:
             segments = [(s, frame.lengths[s]) for s in self.query_streams]
-            mode = AttentionMatrixEdit(segments, self.identity, self.temperature)
+            mode = AttentionMatrixEdit(segments, self.identity, self.temperature, self.identity_in_stream)
             with mode:
                 output = self.fn_ref.original_forward(*args, **kwargs)
             frame.sdpa_calls[self.path] += mode.calls

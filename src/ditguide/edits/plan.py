@@ -23,10 +23,11 @@ from ..families.base import AttentionSite, BlockInfo, Family, FamilyError, FeedF
 from .spec import BlockEdit, EditError, EditSpec
 
 # Backends of `dispatch_attention_fn` that end in torch's F.scaled_dot_product_attention, which is
-# where identity_attn / temperature intercept the attention (see ditguide.edits.sdpa).
+# where the identity-attention ops and temperature intercept the attention (see ditguide.edits.sdpa).
 SDPA_BACKENDS = ("native", "_native_math", "_native_efficient", "_native_flash", "_native_cudnn")
 
-_ATTENTION_OPS = ("skip_attn", "identity_attn", "temperature")
+# Ops that rewrite the attention matrix at the SDPA call; they act on the named streams' queries.
+_SDPA_OPS = ("identity_attn_in_stream", "identity_attn_all_tokens", "temperature")
 
 
 @dataclass
@@ -39,7 +40,8 @@ class BlockPlan:
     skip_attn: set[str] = field(default_factory=set)
     skip_cross_attn: set[str] = field(default_factory=set)
     skip_ff: set[str] = field(default_factory=set)
-    identity_attn: set[str] = field(default_factory=set)
+    identity_attn_in_stream: set[str] = field(default_factory=set)
+    identity_attn_all_tokens: set[str] = field(default_factory=set)
     temperature: dict[str, float] = field(default_factory=dict)  # stream -> tau
 
     @property
@@ -53,7 +55,10 @@ class BlockPlan:
 
     @property
     def edits_inside(self) -> bool:
-        return bool(self.skip_attn or self.skip_cross_attn or self.skip_ff or self.identity_attn or self.temperature)
+        return bool(
+            self.skip_attn or self.skip_cross_attn or self.skip_ff or self.identity_attn_in_stream
+            or self.identity_attn_all_tokens or self.temperature
+        )
 
     def attention_edits(self, site: AttentionSite) -> dict:
         """What this plan does at one attention site (empty dict: nothing)."""
@@ -63,7 +68,8 @@ class BlockPlan:
             return {"skip": skip} if skip else {}
         edits = {
             "skip": self.skip_attn & out_streams,
-            "identity": self.identity_attn & set(site.query_streams),
+            "identity": self.identity_attn_all_tokens & set(site.query_streams),
+            "identity_in_stream": self.identity_attn_in_stream & set(site.query_streams),
             "temperature": {s: t for s, t in self.temperature.items() if s in site.query_streams},
         }
         return {k: v for k, v in edits.items() if v}
@@ -91,7 +97,7 @@ def _check_processor(edit: BlockEdit, block: torch.nn.Module, info: BlockInfo, s
             f"{type(processor).__name__}, which this adapter does not cover (covered: {covered}); "
             "restore the default processor or extend the family adapter"
         )
-    if edit.op in ("identity_attn", "temperature") and site.dispatch_backend:
+    if edit.op in _SDPA_OPS and site.dispatch_backend:
         backend = _effective_backend(processor)
         if backend not in SDPA_BACKENDS:
             raise EditError(
@@ -108,7 +114,7 @@ def _sites_for(edit: BlockEdit, info: BlockInfo, stream: str) -> list:
         return [s for s in info.attention if s.role == "cross" and stream in s.output.streams]
     if edit.op == "skip_attn":
         return [s for s in info.attention if s.role != "cross" and stream in s.output.streams]
-    if edit.op in ("identity_attn", "temperature"):
+    if edit.op in _SDPA_OPS:
         return [s for s in info.attention if s.role != "cross" and stream in s.query_streams]
     return []
 
@@ -169,8 +175,10 @@ def _add_to_plan(plan: BlockPlan, edit: BlockEdit, streams: tuple[str, ...], blo
             plan.skip_cross_attn.add(s)
         elif edit.op == "skip_attn":
             plan.skip_attn.add(s)
-        elif edit.op == "identity_attn":
-            plan.identity_attn.add(s)
+        elif edit.op == "identity_attn_in_stream":
+            plan.identity_attn_in_stream.add(s)
+        elif edit.op == "identity_attn_all_tokens":
+            plan.identity_attn_all_tokens.add(s)
         elif edit.op == "temperature":
             plan.temperature[s] = plan.temperature.get(s, 1.0) * edit.tau
         else:  # pragma: no cover - OPS and this function are kept in sync
@@ -186,7 +194,7 @@ def _all_sites(edit: BlockEdit, info: BlockInfo) -> list:
 
 
 def _site_streams(edit: BlockEdit, site) -> list[str]:
-    if edit.op in ("identity_attn", "temperature"):
+    if edit.op in _SDPA_OPS:
         return [s for s in site.query_streams if s in _returned(site)]
     return [s for s in site.output.streams if s is not None]
 

@@ -8,6 +8,13 @@ same mechanism diffusers uses for its own "skip attention scores" - so the proce
 are neither copied nor replaced. Tensors reaching SDPA are (batch, heads, tokens, head_dim); the
 token axis holds the stream segments in the order the family adapter declares.
 
+Two identity attentions, which differ on joint attention (several streams in one softmax):
+- in-stream: within its own stream a query attends only to itself, and it still attends to every
+  token of the other streams. This is diffusers' PAGJointAttnProcessor2_0 (PAG on SD3): an additive
+  mask, -inf on the image x image block except its diagonal, 0 elsewhere, passed to the same SDPA.
+- all tokens: the query's output is its own value vector; it no longer sees the other streams.
+On one-stream self-attention (Wan) both are the identity attention.
+
 Non-SDPA backends (flash-attn, sage, xformers, flex...) never reach this call: the mode counts the
 calls it rewrote, and the caller raises if an edited attention made none.
 """
@@ -20,23 +27,32 @@ from torch.overrides import TorchFunctionMode
 
 from .spec import EditError
 
-_QKV = ("query", "key", "value")
+_ARGUMENTS = ("query", "key", "value", "attn_mask")  # F.scaled_dot_product_attention's first four
 
 
 class AttentionMatrixEdit(TorchFunctionMode):
-    """Rewrites SDPA calls: identity attention (output = V) and/or softmax temperature, per stream.
+    """Rewrites SDPA calls: identity attention (in-stream or over all tokens) and softmax temperature, per stream.
 
     segments: [(stream, n_tokens)] in token order along the query axis.
-    identity: streams whose queries get output V (their own value vectors).
+    identity: streams whose queries get output V (their own value vectors): identity over all tokens.
     temperature: {stream: tau}; queries of that stream are divided by tau, which is
         softmax(q k^T / (tau sqrt d)) exactly as written (rotary embeddings are already applied).
+    identity_in_stream: streams whose queries attend to themselves within their stream and to all
+        tokens of the other streams (the all-token identity wins where both are asked).
     """
 
-    def __init__(self, segments: list[tuple[str, int]], identity: set[str], temperature: dict[str, float]):
+    def __init__(
+        self,
+        segments: list[tuple[str, int]],
+        identity: set[str],
+        temperature: dict[str, float],
+        identity_in_stream: set[str] = frozenset(),
+    ):
         super().__init__()
         self.segments = segments
         self.identity = identity
         self.temperature = temperature
+        self.identity_in_stream = set(identity_in_stream) - set(identity)
         self.calls = 0
 
     def _by_segment(self, x: torch.Tensor, choose) -> torch.Tensor:
@@ -54,13 +70,13 @@ class AttentionMatrixEdit(TorchFunctionMode):
         args = list(args)
 
         def get(i):
-            return args[i] if i < len(args) else kwargs[_QKV[i]]
+            return args[i] if i < len(args) else kwargs.get(_ARGUMENTS[i])
 
         def put(i, value):
             if i < len(args):
                 args[i] = value
             else:
-                kwargs[_QKV[i]] = value
+                kwargs[_ARGUMENTS[i]] = value
 
         query, key, value = get(0), get(1), get(2)
         total = sum(n for _, n in self.segments)
@@ -71,7 +87,7 @@ class AttentionMatrixEdit(TorchFunctionMode):
             )
         self.calls += 1
         streams = {s for s, _ in self.segments}
-        if self.identity >= streams:
+        if self.identity >= streams or (len(self.segments) == 1 and self.identity_in_stream >= streams):
             return value  # attention matrix = I for every query: no softmax to compute
         if self.temperature:
             taus = self.temperature
@@ -80,6 +96,8 @@ class AttentionMatrixEdit(TorchFunctionMode):
             else:
                 query = self._by_segment(query, lambda s, q: q / taus[s] if s in taus else q)
             put(0, query)
+        if self.identity_in_stream:
+            put(3, self._in_stream_mask(query, get(3)))
         out = func(*args, **kwargs)
         if self.identity:
             out_segments = iter(self._split(out))
@@ -89,6 +107,25 @@ class AttentionMatrixEdit(TorchFunctionMode):
                 dim=-2,
             )
         return out
+
+    def _in_stream_mask(self, query: torch.Tensor, existing: torch.Tensor | None) -> torch.Tensor:
+        """Additive mask: -inf on each in-stream block except its diagonal (as PAGJointAttnProcessor2_0
+        builds it, in the query's dtype), added to the processor's own mask if it passed one."""
+        n = query.shape[-2]
+        mask = torch.zeros((n, n), device=query.device, dtype=query.dtype)
+        start = 0
+        for stream, length in self.segments:
+            if stream in self.identity_in_stream:
+                block = torch.full((length, length), float("-inf"), device=query.device, dtype=query.dtype)
+                mask[start : start + length, start : start + length] = block.fill_diagonal_(0)
+            start += length
+        if existing is None:
+            return mask
+        if existing.dtype == torch.bool:  # True = attend
+            existing = torch.zeros(existing.shape, device=query.device, dtype=query.dtype).masked_fill(
+                ~existing, float("-inf")
+            )
+        return existing + mask
 
     def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(x.split([n for _, n in self.segments], dim=-2))

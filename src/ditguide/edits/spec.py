@@ -6,16 +6,21 @@
 
 Ops (the residual update of a block is ``output - input`` per stream):
 
-============== ============================================================================
-skip           the block is the identity on the named streams (all streams: not evaluated)
-scale          residual update times `alpha` on the named streams: in + alpha*(block(in) - in)
-repeat         the block applied `times` times in a row, all streams fed back
-skip_attn      self/joint attention output zeroed for the named streams' tokens
-skip_cross_attn  cross-attention output zeroed (Wan's text cross-attention)
-skip_ff        feed-forward output zeroed for the named streams' tokens
-identity_attn  attention output = V for the named streams' queries (PAG / STG-A)
-temperature    softmax(QK^T / (tau*sqrt d)) for the named streams' queries
-============== ============================================================================
+======================== ==================================================================
+skip                     the block is the identity on the named streams (all streams: not evaluated)
+scale                    residual update times `alpha` on the named streams: in + alpha*(block(in) - in)
+repeat                   the block applied `times` times in a row, all streams fed back
+skip_attn                self/joint attention output zeroed for the named streams' tokens
+skip_cross_attn          cross-attention output zeroed (Wan's text cross-attention)
+skip_ff                  feed-forward output zeroed for the named streams' tokens
+identity_attn_in_stream  a query of a named stream attends to itself among its own stream's tokens and
+                         to every token of the other streams (PAG's perturbation on joint attention,
+                         as diffusers' PAGJointAttnProcessor2_0 with streams=["image"]; STG-A; on
+                         one-stream self-attention, e.g. Wan's, it is the identity attention)
+identity_attn_all_tokens attention output = V for the named streams' queries: the identity over all
+                         tokens, which also cuts their attention to the other streams
+temperature              softmax(QK^T / (tau*sqrt d)) for the named streams' queries
+======================== ==================================================================
 
 `streams=None` means every stream the block returns. Checks that need no model (op names,
 parameter types and ranges) run when an edit is built; checks against a model (block ranges,
@@ -41,7 +46,8 @@ OPS: dict[str, str] = {
     "skip_attn": "self/joint attention output zeroed for the named streams",
     "skip_cross_attn": "cross-attention output zeroed (families with cross-attention: wan)",
     "skip_ff": "feed-forward output zeroed for the named streams",
-    "identity_attn": "attention output = V for the named streams' queries",
+    "identity_attn_in_stream": "within its own stream a named query attends only to itself; other streams are kept",
+    "identity_attn_all_tokens": "attention output = V for the named streams' queries (identity over all tokens)",
     "temperature": "attention softmax temperature tau for the named streams' queries",
 }
 
@@ -53,7 +59,8 @@ _PARAMETER_OF: dict[str, str | None] = {
     "skip_attn": None,
     "skip_cross_attn": None,
     "skip_ff": None,
-    "identity_attn": None,
+    "identity_attn_in_stream": None,
+    "identity_attn_all_tokens": None,
     "temperature": "tau",
 }
 _PARAMETERS = ("alpha", "tau", "times")
@@ -61,6 +68,20 @@ _PARAMETERS = ("alpha", "tau", "times")
 
 class EditError(FamilyError):
     """An edit that cannot be applied as asked. Raised before any forward, naming the parameter."""
+
+
+# Ops whose old name no longer says what they do: old name -> what to write instead.
+_RENAMED = {
+    "identity_attn": "identity_attn_all_tokens (its old behaviour: output = V, also cutting attention to the other "
+    "streams) or identity_attn_in_stream (PAG's reference perturbation on joint attention)"
+}
+
+
+def _check_op(op: Any, where: str) -> None:
+    if op in _RENAMED:
+        raise EditError(f"{where}: op {op!r} was renamed: use {_RENAMED[op]}")
+    if op not in OPS:
+        raise EditError(f"{where}: parameter 'op' is {op!r}; allowed ops: {sorted(OPS)}")
 
 
 BlockRef = int | str
@@ -88,8 +109,7 @@ class BlockEdit:
 
     def __post_init__(self) -> None:
         op = self.op
-        if op not in OPS:
-            raise EditError(f"BlockEdit: parameter 'op' is {op!r}; allowed ops: {sorted(OPS)}")
+        _check_op(op, "BlockEdit")
         blocks = self.blocks
         if isinstance(blocks, (int, str)):  # one block given bare
             blocks = (blocks,)
@@ -190,8 +210,7 @@ class BlockEdit:
                 "e.g. 'skip:double:1,single:3' or 'scale(1.5)@image:5'"
             )
         op = m["op"]
-        if op not in OPS:
-            raise EditError(f"edit {text!r}: parameter 'op' is {op!r}; allowed ops: {sorted(OPS)}")
+        _check_op(op, f"edit {text!r}")
         kwargs: dict[str, Any] = {}
         if m["param"] is not None:
             name = _PARAMETER_OF[op]

@@ -13,7 +13,8 @@ so Wan has the single stream "image" (the video tokens).
 
 Inside a block:
 - `attn1`: self-attention over video tokens (WanAttention + WanAttnProcessor, via
-  `dispatch_attention_fn`). "skip_attn", "identity_attn" and "temperature" act here.
+  `dispatch_attention_fn`). "skip_attn", the identity-attention ops and "temperature" act here; with
+  one stream, identity_attn_in_stream and identity_attn_all_tokens are the same identity attention.
 - `attn2`: cross-attention to the text (and, for I2V, image-context tokens). Only "skip_cross_attn"
   acts here (queries and keys differ in length, so identity attention is undefined).
 - `ffn`: feed-forward.
