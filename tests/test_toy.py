@@ -131,3 +131,18 @@ def test_judge_metrics_on_real_digits(tmp_path):
         judge_outputs(judge, np.zeros((3, 4, 4)))
     with pytest.raises(FileNotFoundError, match="dvc repro train_judge"):
         load_judge(tmp_path / "missing.safetensors")
+
+
+def test_pack_unpack_rgb_any_size():
+    x = torch.randn(2, 16, 12, 3)
+    tokens = pack(x)
+    assert tokens.shape == (2, 8 * 6, 12)
+    assert torch.equal(unpack(tokens, 16, 12), x)
+    assert torch.equal(tokens[:, 1], x[:, :2, 2:4].reshape(2, 12))  # token 1: rows 0-1, cols 2-3
+    assert image_ids(height=16, width=12)[7].tolist() == [0, 1, 1]
+
+
+def test_prompt_encoder_refuses_words_outside_its_vocabulary():
+    enc = ToyPromptEncoder().eval()
+    with pytest.raises(ValueError, match=r"outside the vocabulary: \['seven7'\].*vocabulary: .*seven"):
+        enc.tokenize(["a handwritten digit seven7"])

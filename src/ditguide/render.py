@@ -70,7 +70,8 @@ class PipelineRenderer:
     def _call_kwargs(self, indices: Sequence[int]) -> dict:
         p = self.profile
         if p.family == "toy":
-            return {"indices": list(indices), "base_seed": self.base_seed, "guidance_scale": self.cfg_scale}
+            return {"indices": list(indices), "base_seed": self.base_seed, "guidance_scale": self.cfg_scale,
+                    "height": p.height, "width": p.width}
         kwargs = {"generator": sample_generators(indices, self.base_seed), "height": p.height, "width": p.width, "output_type": "np"}
         if p.family == "flux":
             kwargs["true_cfg_scale"] = self.cfg_scale
@@ -115,7 +116,7 @@ class PipelineRenderer:
                                              num_inference_steps=self.steps, **kwargs)
         frames = out.frames if hasattr(out, "frames") else out.images
         frames = np.asarray(frames)
-        if self.profile.family == "toy":  # (B, 8, 8) grey -> (B, 8, 8, 3)
+        if self.profile.family == "toy" and frames.ndim == 3:  # (B, H, W) grey digits -> (B, H, W, 3)
             frames = np.repeat(frames[..., None], 3, axis=-1)
         return [to_uint8(f) for f in frames]
 

@@ -1,9 +1,11 @@
-"""ToyPipeline: text-to-digit sampling with the toy Flux transformer, in pixel space.
+"""ToyPipeline: text-to-image sampling with a small Flux transformer, in pixel space.
 
 It drives its transformer the way `FluxPipeline` does (same keyword arguments, `timestep / 1000`,
 `cache_context`, one call per step, plus a second sequential call for the negative prompt when
 `guidance_scale > 1`, i.e. Flux's "true CFG"), so the guidance wrapper treats both alike.
-An 8x8 image is 16 tokens of 2x2 patches (4 channels); there is no VAE.
+There is no VAE: an image is cut into 2x2 patches, one token each. The channel count follows from
+the transformer (`in_channels = 4 * channels`): the digit toy is 8x8 grey (16 tokens of 4 values),
+the glyph-scene testbed 16x16 RGB (64 tokens of 12 values).
 """
 
 from __future__ import annotations
@@ -20,26 +22,29 @@ from .data import IMAGE_SIZE
 from .prompt_encoder import ToyPromptEncoder
 
 PATCH = 2
-GRID = IMAGE_SIZE // PATCH  # 4x4 tokens
 
 
 def pack(images: torch.Tensor) -> torch.Tensor:
-    """(B, 8, 8) -> (B, 16, 4): 2x2 patches in raster order."""
-    b = images.shape[0]
-    x = images.reshape(b, GRID, PATCH, GRID, PATCH).permute(0, 1, 3, 2, 4)
-    return x.reshape(b, GRID * GRID, PATCH * PATCH)
+    """(B, H, W) or (B, H, W, C) -> (B, H/2 * W/2, 4C): 2x2 patches in raster order, channels last."""
+    grey = images.ndim == 3
+    x = images[..., None] if grey else images
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // PATCH, PATCH, w // PATCH, PATCH, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // PATCH) * (w // PATCH), PATCH * PATCH * c)
 
 
-def unpack(tokens: torch.Tensor) -> torch.Tensor:
-    """(B, 16, 4) -> (B, 8, 8); inverse of `pack`."""
-    b = tokens.shape[0]
-    x = tokens.reshape(b, GRID, GRID, PATCH, PATCH).permute(0, 1, 3, 2, 4)
-    return x.reshape(b, IMAGE_SIZE, IMAGE_SIZE)
+def unpack(tokens: torch.Tensor, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> torch.Tensor:
+    """Inverse of `pack`: (B, tokens, 4C) -> (B, H, W) for C = 1, else (B, H, W, C)."""
+    b, _, d = tokens.shape
+    c = d // (PATCH * PATCH)
+    x = tokens.reshape(b, height // PATCH, width // PATCH, PATCH, PATCH, c).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, height, width, c)
+    return x[..., 0] if c == 1 else x
 
 
-def image_ids(device=None, dtype=torch.float32) -> torch.Tensor:
+def image_ids(device=None, dtype=torch.float32, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> torch.Tensor:
     """Flux position ids (token, 3): (0, row, col) of each patch."""
-    rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(height // PATCH), torch.arange(width // PATCH), indexing="ij")
     ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
     return ids.to(device=device, dtype=dtype)
 
@@ -51,7 +56,7 @@ def flow_sigmas(num_inference_steps: int) -> np.ndarray:
 
 @dataclass
 class ToyPipelineOutput(BaseOutput):
-    images: np.ndarray | torch.Tensor  # (B, 8, 8) in [0, 1] ("np"/"pt") or model range ("latent")
+    images: np.ndarray | torch.Tensor  # (B, H, W[, 3]) in [0, 1] ("np"/"pt") or model range ("latent")
 
 
 class ToyPipeline(DiffusionPipeline):
@@ -85,6 +90,8 @@ class ToyPipeline(DiffusionPipeline):
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         num_inference_steps: int = 20,
+        height: int = IMAGE_SIZE,
+        width: int = IMAGE_SIZE,
         indices: list[int] | None = None,
         base_seed: int = 0,
         latents: torch.Tensor | None = None,
@@ -96,6 +103,9 @@ class ToyPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        for name, size in (("height", height), ("width", width)):
+            if not (isinstance(size, int) and size >= PATCH and size % PATCH == 0):
+                raise ValueError(f"{name} must be a positive multiple of {PATCH}, got {size!r}")
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         if (prompt is None) == (prompt_embeds is None):
@@ -129,8 +139,10 @@ class ToyPipeline(DiffusionPipeline):
             indices = list(range(batch)) if indices is None else list(indices)
             if len(indices) != batch:
                 raise ValueError(f"indices has {len(indices)} entries for a batch of {batch} prompts")
-            latents = pack(sample_noise((IMAGE_SIZE, IMAGE_SIZE), indices, base_seed)).to(device, dtype)
-        latent_ids = image_ids(device, dtype)
+            channels = self.transformer.config.in_channels // (PATCH * PATCH)
+            shape = (height, width) if channels == 1 else (height, width, channels)
+            latents = pack(sample_noise(shape, indices, base_seed)).to(device, dtype)
+        latent_ids = image_ids(device, dtype, height, width)
 
         self.scheduler.set_timesteps(sigmas=flow_sigmas(num_inference_steps), device=device)
         self.scheduler.set_begin_index(0)
@@ -157,7 +169,7 @@ class ToyPipeline(DiffusionPipeline):
                     latents = out.pop("latents", latents)
                 progress_bar.update()
 
-        images = unpack(latents)
+        images = unpack(latents, height, width)
         if output_type != "latent":
             images = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
             if output_type == "np":

@@ -41,7 +41,13 @@ class ToyPromptEncoder(ModelMixin, ConfigMixin):
             words = prompt.lower().split()
             if len(words) > max_length:
                 raise ValueError(f"prompt has {len(words)} words; the toy prompt encoder takes at most {max_length}: {prompt!r}")
-            ids[row, : len(words)] = torch.tensor([self._index.get(w, UNK) for w in words], dtype=torch.long)
+            unknown = [w for w in words if w not in self._index]
+            if unknown:
+                # An unknown word would silently become <unk>: the model would render from a prompt
+                # nobody wrote. Refuse, and say what the encoder knows.
+                known = [w for w in self._index if not w.startswith("<")]
+                raise ValueError(f"prompt {prompt!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(known)}")
+            ids[row, : len(words)] = torch.tensor([self._index[w] for w in words], dtype=torch.long)
         return ids
 
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
