@@ -51,6 +51,36 @@ def test_guidance_off_reproduces_the_plain_pipeline(pipes, family):
     assert pipe.transformer.__class__.__name__ != "GuidedDenoiser"  # restored
 
 
+# Guidance off through the branch machinery: the base branch carries an edit that changes nothing
+# (residual scale 1 on block 0), so the wrapper cannot take its fast path (the pipeline's own call).
+OFF_THROUGH_BRANCHES = {
+    "name": "off_through_branches",
+    "base": "same",
+    "branches": {"same": {"prompt": "pos", "edits": {"edits": [{"op": "scale", "blocks": [0], "alpha": 1.0}]}}},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_guidance_off_through_the_wrapped_path_reproduces_the_plain_pipeline(pipes, family, monkeypatch):
+    """Branch evaluation, edit hooks, row bookkeeping and combine, with nothing to change: bit-identical."""
+    from ditguide.denoiser import GuidedDenoiser
+
+    pipe = pipes[family]
+    plain = result(pipe(**positive_only(call_args(family)), **native_cfg_call(family, 1.0)))
+    evaluated = []
+    original_evaluate = GuidedDenoiser._evaluate
+
+    def evaluate(self, names, kwargs, record):
+        evaluated.append(names)
+        return original_evaluate(self, names, kwargs, record)
+
+    monkeypatch.setattr(GuidedDenoiser, "_evaluate", evaluate)
+    out, cost = run_guided(pipe, OFF_THROUGH_BRANCHES, **call_args(family))
+    assert evaluated == [["same"]] * STEPS  # every step went through branch evaluation
+    assert torch.equal(result(out), plain)
+    assert cost.nfe == STEPS and cost.forwards == STEPS
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_our_cfg_reproduces_the_native_cfg(pipes, family):
     pipe = pipes[family]
