@@ -3,8 +3,10 @@
 A guided prediction is computed from *named predictions*: tensors keyed by branch name ("cond",
 "uncond", "weak", "strong", ...). A branch is one evaluation of the model, described by which
 conditioning it sees (the prompt, "pos", or the negative prompt, "neg") and which block edits it runs
-with. The edits are opaque data here (a JSON-able edit spec): this module knows nothing of edits or
-models. The denoiser (denoiser.py) evaluates the branches and calls `GuidanceSpec.combine`.
+with. The edits are opaque data here (a JSON-able edit spec): this module knows nothing of models,
+and of edits only their op names and parameters, which `preset("strong_weak")` reads to refuse a
+strong side that does not strengthen. The denoiser (denoiser.py) evaluates the branches and calls
+`GuidanceSpec.combine`.
 
 How a spec combines its predictions at one step (every term only while its interval is active):
 
@@ -653,7 +655,7 @@ PRESET_NOTES: dict[str, str] = {
     "off": "no guidance: the conditional model, one forward per step",
     "cfg": "classifier-free guidance, uncond + s (cond - uncond)",
     "cfg_zero_star": "CFG-Zero* (Fan et al. 2025): optimized scale; zero-init: the prediction is 0 on the first "
-    "4 % of the steps (at least one; the authors' suggestion), zero_init_fraction=",
+    "4 % of the steps, at least one (zero_init_fraction = 0.04, the authors' suggestion)",
     "apg": "APG (Sadat et al. 2025): eta 0, momentum -0.5, on the clean-image estimate; norm_threshold is "
     "model-dependent (0 = off)",
     "guidance_interval": "CFG only for flow sigma in (0.359, 0.916]: EDM2's interval (0.28, 5.42] (Kynkaanniemi "
@@ -748,9 +750,10 @@ def _check_strengthening(edits: Any) -> None:
         if not strengthens.get(e.op, lambda e: False)(e):
             what = f"{_PARAMETER_NAMES[e.op]} {e.parameter:g}" if e.op in _PARAMETER_NAMES else "removes computation"
             raise GuidanceSpecError(
-                f"preset 'strong_weak': strong= edit {e.to_string()!r} ({e.op}, {what}) weakens the model, so "
-                "the strong branch would be a second weak one; a strong edit must strengthen: scale with alpha > 1, "
-                "repeat, or temperature with tau < 1 (write a full spec to guide by two weakened models)"
+                f"preset 'strong_weak': strong= edit {e.to_string()!r} ({e.op}, {what}) does not strengthen the "
+                "model, so the 'strong' branch would be a second weakened (or plain) one; a strong edit must be "
+                "scale with alpha > 1, repeat, or temperature with tau < 1 (write a full spec to guide by two "
+                "weakened models)"
             )
 
 
