@@ -390,6 +390,25 @@ def test_identity_attn_in_stream_leaves_text_queries_alone_and_is_identity_on_on
     assert torch.equal(run(wan, wan_inputs, "identity_attn_in_stream:1"), run(wan, wan_inputs, "identity_attn_all_tokens:1"))
 
 
+@pytest.mark.filterwarnings("ignore:Defining your `__torch_function__` as a plain method")
+def test_identity_attn_in_stream_combines_with_the_processors_own_mask():
+    """CogView4 passes a boolean padding mask to SDPA; the in-stream mask is added to it."""
+    from ditguide.edits.sdpa import AttentionMatrixEdit
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 4, generator=g, dtype=F64) for _ in range(3))
+    keep = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    keep[0, ..., 1] = False  # sample 0: text token 1 is padding
+    in_stream = torch.zeros(5, 5, dtype=F64)
+    in_stream[2:, 2:] = torch.full((3, 3), float("-inf"), dtype=F64).fill_diagonal_(0)  # [text 2, image 3]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    expected = sdpa(q, k, v, attn_mask=in_stream.masked_fill(~keep, float("-inf")))
+    with AttentionMatrixEdit([("text", 2), ("image", 3)], set(), {}, {"image"}):
+        got = sdpa(q, k, v, attn_mask=keep)
+    torch.testing.assert_close(got, expected, **TOL)
+    assert not torch.allclose(got, sdpa(q, k, v, attn_mask=keep))
+
+
 def test_per_stream_attention_edits_touch_only_that_streams_queries():
     family = "flux"
     model, inputs = model_of(family, F64), tiny_inputs(family, 2, dtype=F64)
