@@ -123,7 +123,7 @@ def _refuse_unguided_transformers(pipe: Any) -> None:
         raise GuidanceError(
             f"{type(pipe).__name__} has a second transformer (transformer_2, boundary_ratio "
             f"{getattr(pipe.config, 'boundary_ratio', None)}): a Wan 2.2 two-stage pipeline, whose low-noise steps "
-            "would run unguided; guidance supports one-transformer pipelines (Wan 2.1, Wan 2.2 TI2V-5B)"
+            "would run unguided; guidance supports one-transformer pipelines (e.g. Wan 2.1)"
         )
 
 

@@ -4,8 +4,8 @@ This adapter describes one WanTransformer3DModel, so block edits work on either 
 Wan 2.2 pipeline. Guidance does not cover Wan 2.2's two-stage pipelines (A14B: `transformer` for the
 high-noise steps, `transformer_2` below `boundary_ratio`): `ditguide.pipelines.guided` / `run_guided`
 refuse a pipeline with a `transformer_2` with a GuidanceError, since only `pipe.transformer` would
-be wrapped and the low-noise steps would run unguided. One-transformer Wan pipelines (Wan 2.1,
-Wan 2.2 TI2V-5B) are supported.
+be wrapped and the low-noise steps would run unguided. One-transformer Wan pipelines are supported
+(Wan 2.1 is tested; Wan 2.2 TI2V-5B has one transformer but per-token timesteps, and is untested).
 
 Blocks (diffusers 0.42.1): "blocks" = `blocks` (WanTransformerBlock), called positionally; a block
 returns `hidden_states` only. The text never becomes a stream: it enters through cross-attention,
