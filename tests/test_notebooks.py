@@ -13,7 +13,14 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
 
 # Tiny parameters per notebook: enough to run every cell, small enough for CI.
 TINY = {
-    "03_evaluate_t2i": {"samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},
+    # the committed testbed model and one trained twin; 3 seed sets of 10 samples, one CFG scale.
+    "00_testbed_t2i": {"per_set": 10, "seed_sets": 3, "cfg_scales": [3.0], "twins": {"twin_shallow": "data/scenes/twin_shallow"},
+                       "batch_size": 16},
+    # two blocks, one noise level, 3 seed sets of 3 captions; the committed testbed, twins and judge.
+    "01_layer_analysis": {"denoiser_samples": 4, "t_grid": [0.5], "per_set": 3, "seed_sets": 3, "edits": ["skip", "scale1.5"],
+                          "window_edits": ["skip"], "scan_blocks": ["double:1", "single:4"],
+                          "twins": {"twin_shallow": "data/scenes/twin_shallow"}},
+    "03_evaluate_t2i": {"profile": "toy", "samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},
     # tiny-wan: random weights; 2 prompts x 2 seeds, VBench's weight-free dimension only, on the CPU.
     "04_evaluate_t2v": {"profile": "tiny-wan", "dimensions": ["temporal_flickering"], "limit": 2, "samples_per_prompt": 2,
                         "vbench_device": "cpu"},
@@ -21,6 +28,10 @@ TINY = {
 
 # Files each notebook must write under its output root (relative, {profile} filled in).
 EXPECTED = {
+    "01_layer_analysis": ["data/analysis/{profile}/layer_scores.json", "figures/layer_map_{profile}_edits.pdf",
+                          "figures/layer_map_{profile}_windows.pdf", "figures/layer_map_{profile}_alignment.pdf"],
+    "00_testbed_t2i": ["metrics/testbed_{profile}.json", "figures/testbed_{profile}_ucurve.pdf",
+                       "figures/testbed_{profile}_samples.pdf", "paper/tables/testbed_{profile}.tex"],
     "03_evaluate_t2i": ["metrics/t2i_{profile}.json", "figures/t2i_{profile}_samples.pdf",
                         "figures/t2i_{profile}_tradeoff.pdf", "paper/tables/t2i_{profile}.tex"],
     "04_evaluate_t2v": ["metrics/t2v_{profile}.json", "figures/t2v_{profile}_frames.pdf", "figures/t2v_{profile}_dimensions.pdf",
@@ -48,10 +59,23 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
         assert metrics["count"] == 30
         for m in metrics["methods"].values():
             assert 0 <= m["accuracy"] <= 1 and m["fd"] >= 0
+    if stage == "layer_analysis":
+        scores = json.loads((tmp_path / f"data/analysis/{params['profile']}/layer_scores.json").read_text())
+        assert scores["blocks"] == ["double:1", "single:4"]
+        assert len(scores["denoiser"]["alignment"]) == 2 * 2 + 1  # 2 edits x 2 blocks + the twin
+        assert len(scores["generation"]["records"]) == 2 * 2 + 2 * 3  # all steps + skip in 3 windows
+        assert {"weak", "strong", "twin_alignment"} <= set(scores["candidates"])
+    if stage == "testbed_t2i":
+        metrics = json.loads((tmp_path / f"metrics/testbed_{params['profile']}.json").read_text())
+        assert set(metrics["methods"]) == {"none", "cfg@3", "ag_twin_shallow"}
+        for m in metrics["methods"].values():
+            assert m["count"] == 30 and 0 <= m["all"] <= 1 and m["fd"] > 0 and m["fd_se"] > 0
+        assert metrics["methods"]["ag_twin_shallow"]["nfe_per_step"] == 1 + 4 / 12
+        assert set(metrics["regime"]) >= {"best_cfg_scale", "alignment_rises_with_scale"}
 
 
 def test_bad_profile_fails_before_work(tmp_path):
     params = load_params(REPO / "params.yaml")
     params["profile"] = "flux-devv"
-    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: cogview4, flux-dev, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
+    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
         stage_parameters("evaluate_t2i", params)

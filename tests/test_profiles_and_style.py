@@ -20,7 +20,7 @@ def test_real_profiles_exist_with_hub_ids(params):
     assert load_profile("cogview4", params).model == "THUDM/CogView4-6B"
     wan = load_profile("wan2.1-t2v-1.3b", params)
     assert wan.model == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" and wan.kind == "video" and wan.num_frames == 81
-    assert load_profile(None, params).name == "toy"
+    assert load_profile(None, params).name == "scenes"  # the compositional testbed is the default
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ run). Usage, as in dvc.yaml:
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import tempfile
 from pathlib import Path
@@ -52,7 +53,9 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
         jupytext.write(nb, src_nb)
         partial = Path(tmp) / "executed.ipynb"
         papermill.execute_notebook(
-            str(src_nb), str(partial), parameters=parameters, cwd=str(cwd), kernel_name="python3", progress_bar=progress
+            str(src_nb), str(partial), parameters=parameters, cwd=str(cwd), kernel_name="python3", progress_bar=progress,
+            # Stream the cells' output (per-sample progress bars, summaries) to the console while they run.
+            log_output=progress, stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
         )
         os.replace(partial, output) if partial.stat().st_dev == output.parent.stat().st_dev else output.write_bytes(partial.read_bytes())
     return output

@@ -1,0 +1,196 @@
+"""The glyph-scene testbed: generator ground truth, caption errors, judge, metrics, twin guidance."""
+
+import numpy as np
+import pytest
+import torch
+
+from ditguide.metrics import scenes as sm
+from ditguide.testbeds import scenes
+from ditguide.testbeds.judge import judge_accuracy
+from ditguide.testbeds.twins import TwinGuidedTransformer
+from ditguide.toy.data import DIGIT_WORDS
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+# --- generator ---------------------------------------------------------------------------------
+
+def test_render_puts_each_glyph_in_its_captioned_slot_with_its_colour():
+    glyphs, labels = scenes.glyph_pool("train")
+    scene = scenes.parse_caption("red three right of blue seven")
+    assert scene.objects == ((3, scenes.COLOURS.index("red")), (7, scenes.COLOURS.index("blue")))
+    assert scene.slots() == ((7, scenes.COLOURS.index("blue")), (3, scenes.COLOURS.index("red")))  # blue seven is left
+    img = scenes.render([scene], glyphs, labels, np.random.default_rng(0))[0]
+    left, right = img[4:12, 0:8], img[4:12, 8:16]
+    assert img[:4].max() == 0 and img[12:].max() == 0  # nothing outside the row band
+    blue, red = np.array(scenes.PALETTE["blue"]), np.array(scenes.PALETTE["red"])
+    for part, colour, digit in ((left, blue, 7), (right, red, 3)):
+        grey = part.max(-1) / colour.max()
+        np.testing.assert_allclose(part, grey[..., None] * colour, atol=1e-6)  # one hue, tinted glyph
+        assert any(np.allclose(grey, g, atol=1e-6) for g in glyphs[labels == digit])  # a real glyph of that digit
+
+
+def test_vertical_and_single_layouts():
+    glyphs, labels = scenes.glyph_pool("train")
+    rng = np.random.default_rng(1)
+    above = scenes.render([scenes.parse_caption("green five above yellow two")], glyphs, labels, rng)[0]
+    assert above[:, :4].max() == 0 and above[:, 12:].max() == 0 and above[:8, 4:12].max() > 0 and above[8:, 4:12].max() > 0
+    single = scenes.render([scenes.parse_caption("purple eight")], glyphs, labels, rng)[0]
+    assert single[:4].max() == 0 and single[:, :4].max() == 0 and single[4:12, 4:12].max() > 0
+
+
+def test_training_distribution_never_shows_heldout_pairs_and_unseen_split_always_does():
+    rng = np.random.default_rng(0)
+    train = scenes.sample_scenes(3000, rng)
+    assert not any(s.unseen for s in train)
+    assert 0.15 < np.mean([len(s.objects) == 1 for s in train]) < 0.25
+    unseen = scenes.caption_set("unseen", 200)
+    assert all(s.unseen and len(s.objects) == 2 for s in unseen)
+    dev, test = scenes.caption_set("dev", 200), scenes.caption_set("test", 200)
+    assert [s.caption() for s in dev] != [s.caption() for s in test]
+    assert [s.caption() for s in test] == [s.caption() for s in scenes.caption_set("test", 200)]  # fixed
+
+
+def test_captions_round_trip_and_pools_are_disjoint():
+    for s in scenes.sample_scenes(200, np.random.default_rng(3), pairs="all"):
+        assert scenes.parse_caption(s.caption()) == s
+    a, _ = scenes.glyph_pool("train")
+    b, _ = scenes.glyph_pool("heldout")
+    assert len(a) == 1200 and len(b) == scenes.HELDOUT_GLYPHS
+    rows = {g.tobytes() for g in a}
+    assert sum(g.tobytes() in rows for g in b) < 5  # the raw data has a few exact duplicates
+
+
+@pytest.mark.parametrize("caption, match", [
+    ("red three left of blue seven7", r"outside the vocabulary: \['seven7'\]"),
+    ("red three near blue seven", r"outside the vocabulary: \['near'\]"),
+    ("red three left blue seven", r"relations: left of, right of, above, below"),
+    ("red three left of red seven", "different colours"),
+    ("three red", "an object is '<colour> <digit>'"),
+])
+def test_bad_captions_get_one_clear_error(caption, match):
+    with pytest.raises(scenes.SceneError, match=match):
+        scenes.parse_caption(caption)
+
+
+def test_out_of_range_palette_index_and_relation_are_refused():
+    with pytest.raises(scenes.SceneError, match=r"palette index 6 is out of range; allowed: 0..5"):
+        scenes.Scene(((1, 6),))
+    with pytest.raises(scenes.SceneError, match="relation 'inside' cannot be drawn"):
+        scenes.Scene(((1, 0), (2, 1)), "inside")
+
+
+def test_vocabulary_covers_every_caption_word():
+    vocab = scenes.vocabulary()
+    assert set(DIGIT_WORDS) <= set(vocab) and set(scenes.COLOURS) <= set(vocab) and {"left", "of", "above"} <= set(vocab)
+    assert len(vocab) == len(set(vocab))
+
+
+# --- judge and metrics ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def judge():
+    return sm.load_judge(REPO / "data/scenes/judge.safetensors")
+
+
+def test_committed_judge_reads_renders_of_unseen_glyphs(judge):
+    # The judge never saw the train pool's glyphs: this is its accuracy on new handwriting.
+    acc = judge_accuracy(judge, "train", count=2000, seed=5)
+    assert acc["layout"] == 1.0 and acc["colour0"] > 0.99 and acc["colour1"] > 0.99
+    assert acc["digit0"] >= 0.96 and acc["digit1"] >= 0.96
+
+
+def test_scene_metrics_on_real_renders_and_on_noise(judge):
+    captions = [s.caption() for s in scenes.caption_set("test", 300)]
+    parsed = [scenes.parse_caption(c) for c in captions]
+    rng = np.random.default_rng(0)
+    reference = sm.read(judge, scenes.render(parsed * 2, *scenes.glyph_pool("heldout"), rng))["features"]
+    real = sm.scene_metrics(sm.read(judge, scenes.render(parsed, *scenes.glyph_pool("train"), rng)), captions, reference)
+    assert real["all"] > 0.88 and real["relation"] == 1.0 and real["colour"] > 0.99
+    assert real["precision"] > 0.6 and real["recall"] > 0.6
+    noise = rng.uniform(size=(300, 16, 16, 3)).astype(np.float32)
+    bad = sm.scene_metrics(sm.read(judge, noise), captions, reference)
+    assert bad["fd"] > 10 * real["fd"] and bad["all"] < 0.05 and bad["precision"] < 0.1
+
+
+def test_swapped_objects_fail_the_binding_check(judge):
+    glyphs, labels = scenes.glyph_pool("train")
+    caption = "red three left of blue seven"
+    swapped = scenes.render([scenes.parse_caption("blue seven left of red three")], glyphs, labels, np.random.default_rng(0))
+    right = scenes.render([scenes.parse_caption(caption)], glyphs, labels, np.random.default_rng(0))
+    assert sm.alignment(sm.read(judge, right), [caption])["all"][0]
+    a = sm.alignment(sm.read(judge, swapped), [caption])
+    assert not a["all"][0] and a["relation"][0]  # same axis, wrong binding
+
+
+def test_precision_recall_definition():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 4))
+    p, r = sm.precision_recall(real, real)
+    assert p == 1.0 and r == 1.0
+    collapsed = np.repeat(real[:1], 200, axis=0) + 1e-3 * rng.normal(size=(200, 4))  # no diversity
+    p, r = sm.precision_recall(real, collapsed)
+    assert p == 1.0 and r < 0.1
+    far = real + 100.0
+    assert sm.precision_recall(real, far) == (0.0, 0.0)
+
+
+def test_metric_input_shape_is_checked(judge):
+    with pytest.raises(ValueError, match=r"shape \(N, 16, 16, 3\)"):
+        sm.read(judge, np.zeros((2, 8, 8, 3)))
+
+
+# --- trained-twin autoguidance ------------------------------------------------------------------
+
+def test_twin_guidance_reduces_to_each_model_and_is_linear():
+    from diffusers import FluxTransformer2DModel
+
+    def model(seed, singles):
+        torch.manual_seed(seed)
+        return FluxTransformer2DModel(patch_size=1, in_channels=12, num_layers=1, num_single_layers=singles, attention_head_dim=16,
+                                      num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8,
+                                      axes_dims_rope=(4, 6, 6)).eval()
+
+    main, twin = model(0, 3), model(1, 1)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(hidden_states=torch.randn(2, 16, 12, generator=g), encoder_hidden_states=torch.randn(2, 3, 8, generator=g),
+              pooled_projections=torch.randn(2, 8, generator=g), timestep=torch.tensor([0.3, 0.7]),
+              txt_ids=torch.zeros(3, 3), img_ids=torch.zeros(16, 3), return_dict=False)
+    with torch.no_grad():
+        d_main, d_twin = main(**kw)[0], twin(**kw)[0]
+        assert torch.equal(TwinGuidedTransformer(main, twin, 1.0)(**kw)[0], d_twin + 1.0 * (d_main - d_twin))
+        torch.testing.assert_close(TwinGuidedTransformer(main, twin, 1.0)(**kw)[0], d_main, rtol=0, atol=1e-6)
+        assert torch.equal(TwinGuidedTransformer(main, twin, 0.0)(**kw)[0], d_twin)
+        torch.testing.assert_close(TwinGuidedTransformer(main, twin, 2.5)(**kw)[0], d_twin + 2.5 * (d_main - d_twin))
+    assert TwinGuidedTransformer(main, twin, 2.0).blocks_per_call() == 1 + 2 / 4
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        TwinGuidedTransformer(main, twin, float("nan"))
+
+
+def test_ideal_denoiser_equals_brute_force_posterior_over_every_render():
+    # Brute force: enumerate every training render of the caption (all glyph pairs of a tiny pool) and
+    # take the posterior mean over whole images; the closed form factorises over slots.
+    import ditguide.testbeds.scenes as sc
+
+    glyphs, labels = sc.glyph_pool("train")
+    scene = sc.parse_caption("orange four below green one")
+    (d0, c0), (d1, c1) = scene.slots()
+    rng = np.random.default_rng(0)
+    pool = {d: np.flatnonzero(labels == d) for d in (d0, d1)}
+    renders = []
+    for a in pool[d0]:
+        for b in pool[d1]:
+            img = np.zeros((16, 16, 3))
+            img[0:8, 4:12] = glyphs[a][..., None] * np.array(sc.PALETTE[sc.COLOURS[c0]])
+            img[8:16, 4:12] = glyphs[b][..., None] * np.array(sc.PALETTE[sc.COLOURS[c1]])
+            renders.append(2 * img - 1)
+    renders = np.stack(renders)  # every render of this caption (~120 x 120)
+    for t in (0.2, 0.6, 0.95):
+        x0 = renders[rng.integers(len(renders))]
+        x_t = (1 - t) * x0 + t * rng.normal(size=x0.shape)
+        logits = -((x_t[None] - (1 - t) * renders) ** 2).sum(axis=(1, 2, 3)) / (2 * t * t)
+        w = np.exp(logits - logits.max())
+        brute = np.tensordot(w / w.sum(), renders, axes=1)
+        np.testing.assert_allclose(sc.ideal_x0(x_t[None], t, [scene])[0], brute, atol=1e-9)
+    with pytest.raises(sc.SceneError, match="t must be in"):
+        sc.ideal_x0(x_t[None], 0.0, [scene])
