@@ -194,3 +194,74 @@ def test_ideal_denoiser_equals_brute_force_posterior_over_every_render():
         np.testing.assert_allclose(sc.ideal_x0(x_t[None], t, [scene])[0], brute, atol=1e-9)
     with pytest.raises(sc.SceneError, match="t must be in"):
         sc.ideal_x0(x_t[None], 0.0, [scene])
+
+
+# --- layer-analysis engine ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def random_scenes_pipe():
+    from ditguide.testbeds.train import ScenesTrainConfig, _pipeline, build_prompt_encoder, build_transformer
+
+    cfg = ScenesTrainConfig(num_single_layers=3, shallow_single_layers=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe = _pipeline(build_transformer(cfg), build_prompt_encoder(cfg))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_windowed_edit_sampling_is_exact_when_the_edit_does_nothing(random_scenes_pipe):
+    from ditguide import analysis
+
+    caps = [s.caption() for s in scenes.caption_set("dev", 3)]
+    base = analysis.sample_with_edit(random_scenes_pipe, caps, [0, 1, 2], spec=None, steps=4)
+    plain = random_scenes_pipe(prompt=caps, indices=[0, 1, 2], num_inference_steps=4, height=16, width=16).images
+    assert np.array_equal(base, np.round(np.clip(plain, 0, 1) * 255).astype(np.uint8))
+    noop = analysis.sample_with_edit(random_scenes_pipe, caps, [0, 1, 2], spec="scale(1):single:1", steps=4)
+    assert np.array_equal(noop, base)  # alpha = 1 is the identity, bit for bit
+    never = analysis.sample_with_edit(random_scenes_pipe, caps, [0, 1, 2], spec="skip:single:1", steps=4, active=set())
+    assert np.array_equal(never, base)
+    skipped = analysis.sample_with_edit(random_scenes_pipe, caps, [0, 1, 2], spec="skip:single:1", steps=4)
+    late = analysis.sample_with_edit(random_scenes_pipe, caps, [0, 1, 2], spec="skip:single:1", steps=4, active={3})
+    assert not np.array_equal(skipped, base) and not np.array_equal(late, skipped)
+    assert analysis._window_steps((1 / 3, 2 / 3), 20) == set(range(7, 14))
+    assert set().union(*(analysis._window_steps(w, 28) for w in analysis.WINDOWS.values())) == set(range(28))
+    again = analysis.sample_with_edit(random_scenes_pipe, caps, [0, 1, 2], spec=None, steps=4)
+    assert np.array_equal(again, base)  # every edit was removed after its run
+
+
+def test_residual_probe_and_error_alignment_sign(random_scenes_pipe):
+    from ditguide import analysis
+
+    caps = [s.caption() for s in scenes.caption_set("dev", 4)]
+    out = analysis.denoiser_scan(random_scenes_pipe, caps, edits=["skip"], t_grid=[0.5], blocks=["single:0"], progress=False)
+    blocks = analysis.block_addresses(random_scenes_pipe.transformer)
+    assert [r["block"] for r in out["residuals"]] == blocks and all(r["rel_update"] > 0 for r in out["residuals"])
+    # Per-sample cosine: an edit that moves D along the model's own error scores +1, against it -1.
+    rng = np.random.default_rng(0)
+    d, ideal = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    assert np.allclose(analysis._per_sample_cos(0.3 * (d - ideal), d - ideal), 1.0)
+    assert np.allclose(analysis._per_sample_cos(-2.0 * (d - ideal), d - ideal), -1.0)
+    with pytest.raises(ValueError, match="not blocks of this model; valid: double:0"):
+        analysis.denoiser_scan(random_scenes_pipe, caps, edits=["skip"], t_grid=[0.5], blocks=["single:10"], progress=False)
+    with pytest.raises(ValueError, match="edit 'skipp' is not known; allowed: skip"):
+        analysis.denoiser_scan(random_scenes_pipe, caps, edits=["skipp"], t_grid=[0.5], progress=False)
+
+
+def test_regime_checks_read_the_u_shape_from_the_numbers():
+    from ditguide.testbeds.evaluate import regime_checks
+
+    def m(fd, all_):
+        return {"fd": fd, "all": all_}
+
+    methods = {"none": m(2.0, 0.3), "cfg@1.5": {**m(1.5, 0.5), "cfg_scale": 1.5}, "cfg@3": {**m(1.7, 0.6), "cfg_scale": 3.0},
+               "cfg@5": {**m(2.5, 0.65), "cfg_scale": 5.0}}
+    r = regime_checks({"methods": methods, "floor": {"fd": 0.5}})
+    assert r["best_cfg_scale"] == 1.5 and r["best_fd_gain_over_unguided"] == pytest.approx(0.25)
+    assert r["u_shape (best FD >= 10% below unguided, largest scale worse than best)"]
+    assert r["headroom_fd (unguided FD >= 2 x floor)"] and r["headroom_alignment (unguided all-correct <= 0.85)"]
+    assert r["alignment_rises_with_scale"]
+    methods["cfg@5"] = {**m(1.4, 0.4), "cfg_scale": 5.0}  # monotone FD, falling alignment: not the regime
+    r = regime_checks({"methods": methods, "floor": {"fd": 1.5}})
+    assert not r["u_shape (best FD >= 10% below unguided, largest scale worse than best)"]
+    assert not r["alignment_rises_with_scale"] and not r["headroom_fd (unguided FD >= 2 x floor)"]

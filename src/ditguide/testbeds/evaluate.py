@@ -80,7 +80,7 @@ def evaluate_scenes(
     from ..evaluation_real import run_dir
     from ..generate import generate
     from ..metrics import Samples
-    from .twins import TwinGuidedTransformer, twin_pipeline
+    from .twins import twin_pipeline
 
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
@@ -105,8 +105,7 @@ def evaluate_scenes(
         twin = type(pipe).from_pretrained(folder).transformer.eval()
         guided = twin_pipeline(pipe, twin, twin_scale)
         guided.set_progress_bar_config(disable=True)
-        cost = guided.transformer.blocks_per_call() if isinstance(guided.transformer, TwinGuidedTransformer) else 2.0
-        renderers[f"ag_{name}"] = (PipelineRenderer(prof, guided, cfg_scale=1.0, base_seed=base_seed), cost)
+        renderers[f"ag_{name}"] = (PipelineRenderer(prof, guided, cfg_scale=1.0, base_seed=base_seed), guided.transformer.blocks_per_call())
 
     reference, floor = reference_and_floor(judge, captions, seed_sets)
     result = TestbedResult(metrics={
@@ -129,7 +128,7 @@ def evaluate_scenes(
         result.metrics["methods"][name] = entry
         result.images[name] = images
         print(f"{name}: FD {entry['fd']:.3f} ± {entry['fd_se']:.3f}, all-correct {entry['all']:.3f} ± {entry['all_se']:.3f} "
-              f"({getattr(summary, 'rendered', '?')} rendered, {out})", flush=True)
+              f"({summary.rendered} rendered, {summary.skipped} reused, in {out})", flush=True)
     return result
 
 
