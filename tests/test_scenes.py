@@ -265,3 +265,12 @@ def test_regime_checks_read_the_u_shape_from_the_numbers():
     r = regime_checks({"methods": methods, "floor": {"fd": 1.5}})
     assert not r["u_shape (best FD >= 10% below unguided, largest scale worse than best)"]
     assert not r["alignment_rises_with_scale"] and not r["headroom_fd (unguided FD >= 2 x floor)"]
+
+
+def test_per_object_accuracy_counts_each_object():
+    # two objects, one digit right: 0.5 per object (a bool sum would give 0.5 for both right too)
+    read = {"layout": np.array([0, 0, 2]), "digit0": np.array([3, 3, 4]), "digit1": np.array([7, 1, 0]),
+            "colour0": np.array([0, 0, 1]), "colour1": np.array([5, 5, 0]), "features": np.zeros((3, 2))}
+    a = sm.alignment(read, ["red three left of purple seven"] * 2 + ["orange four"])
+    assert a["digit"].tolist() == [1.0, 0.5, 1.0] and a["colour"].tolist() == [1.0, 1.0, 1.0]
+    assert a["all"].tolist() == [True, False, True] and a["relation"].tolist() == [True, True, True]

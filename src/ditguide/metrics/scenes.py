@@ -70,8 +70,9 @@ def alignment(read_out: dict, captions) -> dict[str, np.ndarray]:
     relation = read_out["layout"] == t["layout"]
     # Per object: the fraction of objects whose digit (colour) is right, for the per-attribute table.
     n_obj = 1 + two
-    digit_obj = ((read_out["digit0"] == t["digit0"]) + (two & (read_out["digit1"] == t["digit1"]))) / n_obj
-    colour_obj = ((read_out["colour0"] == t["colour0"]) + (two & (read_out["colour1"] == t["colour1"]))) / n_obj
+    # (int, not bool: numpy's bool + bool is a logical or)
+    digit_obj = ((read_out["digit0"] == t["digit0"]).astype(int) + (two & (read_out["digit1"] == t["digit1"]))) / n_obj
+    colour_obj = ((read_out["colour0"] == t["colour0"]).astype(int) + (two & (read_out["colour1"] == t["colour1"]))) / n_obj
     return {"digit": digit_obj, "colour": colour_obj, "relation": relation, "all": digit & colour & relation,
             "unseen": t["unseen"]}
 
