@@ -194,7 +194,7 @@ def test_t2i_bad_inputs_fail_before_sampling(coco_dir, tmp_path):
         evaluate_t2i_real("tiny-wan", params=PARAMS, runs_dir=runs)
     params = load_params(PARAMS)
     params["profiles"]["absent"] = {"family": "flux", "kind": "image", "model": "nobody/no-such-model-ditguide"}
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download nobody/no-such-model-ditguide"):
+    with pytest.raises(FileNotFoundError, match="hf download nobody/no-such-model-ditguide"):
         evaluate_t2i_real("absent", split="test", resolution=256, params=params, data_dir=coco_dir, runs_dir=runs,
                           device="cpu", fid_extractor=TinyExtractor(), fid_extractor_id="tiny-test", clip=tiny_clip(),
                           num_workers=0)

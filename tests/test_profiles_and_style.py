@@ -48,9 +48,50 @@ def test_unknown_profile_and_missing_checkpoint(params, tmp_path):
         load_pipeline(load_profile("toy", bad))
 
 
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda p: p["profiles"]["toy"].update(stepz=5), r"profiles.toy: unknown key\(s\) \['stepz'\]; allowed: .*guidance"),
+        (lambda p: p["profiles"].update(toy=5), r"profiles.toy: expected a mapping of settings"),
+        (lambda p: p["profiles"]["toy"]["guidance"].update(cfg={"preset": "apg"}), r"profiles.toy.guidance.cfg: the name is reserved"),
+        (lambda p: p["profiles"]["toy"]["guidance"].update(none={"preset": "apg"}), r"guidance.none: the name is reserved"),
+        (lambda p: p["profiles"]["toy"]["guidance"].update(baseline={"preset": "apg"}), r"guidance.baseline: the name is reserved"),
+        (lambda p: p["profiles"]["toy"]["guidance"].update(ag=None), r"profiles.toy.guidance.ag: expected a mapping"),
+        (lambda p: p["profiles"]["toy"].update(guidance=["apg"]), r"profiles.toy.guidance: expected a mapping \{name: spec\}"),
+        (lambda p: p["profiles"]["toy"]["guidance"].update({"a/b": {"preset": "apg"}}), r"spec name 'a/b' is not allowed"),
+    ],
+)
+def test_profile_schema_is_strict(params, edit, message):
+    bad = copy.deepcopy(params)
+    edit(bad)
+    with pytest.raises(ConfigError, match=message):
+        load_profile("toy", bad)
+
+
+def test_profile_guidance_key_and_specs_are_accepted(params):
+    assert set(load_profile("toy", params).extra["guidance"]) >= {"apg", "slg", "strong_weak"}
+
+
+def test_toy_profile_at_another_size_than_trained_is_refused(params):
+    bad = copy.deepcopy(params)
+    bad["profiles"]["toy"]["height"] = 16
+    with pytest.raises(ConfigError, match=r"profiles.toy.height/width = 16x8 is not allowed; allowed: 8x8"):
+        load_pipeline(load_profile("toy", bad), root=REPO)
+
+
+def test_bad_yaml_names_the_file_and_line(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("profiles:\n  toy: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"other.yaml: not valid YAML \(line \d+, column \d+\)"):
+        load_params(path)
+    path.write_bytes(b"profiles: {}\n# \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"other.yaml: not valid YAML"):
+        load_params(path)
+
+
 def test_real_profile_fails_cleanly_offline(params, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download black-forest-labs/FLUX.1-dev"):
+    with pytest.raises(FileNotFoundError, match="hf download black-forest-labs/FLUX.1-dev"):
         load_pipeline(load_profile("flux-dev", params))
 
 

@@ -7,8 +7,10 @@ validated here, before any weights load, so a typo fails in a second with the al
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,13 @@ FAMILIES = ("toy", "flux", "cogview4", "wan", "sd3")
 KINDS = ("image", "video")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_PARAMS = "params.yaml"
+# Method names the evaluations give the built-in samplings (the pipeline's default, no guidance, CFG
+# and its sweep `cfg@<scale>`): a guidance spec of the same name would silently replace their row.
+RESERVED_SPEC_NAMES = ("baseline", "none", "cfg")
+# A spec name becomes a folder name under runs/ and a key in the metrics.
+SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# Profile keys besides the Profile fields: the profile's guidance specs {name: spec}.
+EXTRA_KEYS = ("guidance",)
 
 
 class ConfigError(ValueError):
@@ -53,8 +62,14 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file not found: {path} (run from the repository root, or pass params_path)")
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        what = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML{at}: {what}") from None
     if not isinstance(params, dict) or not isinstance(params.get("profiles"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'profiles' section")
     return params
@@ -79,9 +94,15 @@ def load_profile(name: str | None = None, params: dict | str | os.PathLike = DEF
     profiles = params["profiles"]
     name = name or params.get("profile")
     _check(name in profiles, "profile", name, ", ".join(sorted(profiles)))
-    raw = dict(profiles[name])
     where = f"profiles.{name}"
+    if not isinstance(profiles[name], dict):
+        raise ConfigError(f"{where}: expected a mapping of settings (family, kind, model, ...), got {profiles[name]!r}")
+    raw = dict(profiles[name])
     known = {f for f in Profile.__dataclass_fields__ if f not in ("name", "extra")}
+    unknown = sorted(set(raw) - known - set(EXTRA_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(known | set(EXTRA_KEYS)))}")
+    _check_guidance_names(raw.get("guidance"), f"{where}.guidance")
     for key in ("family", "kind", "model"):
         _check(key in raw, f"{where}.{key}", None, "a value is required")
     _check(raw["family"] in FAMILIES, f"{where}.family", raw["family"], ", ".join(FAMILIES))
@@ -98,8 +119,30 @@ def load_profile(name: str | None = None, params: dict | str | os.PathLike = DEF
             _check(_finite_nonneg(raw[key]), f"{where}.{key}", raw[key], "a finite number >= 0")
     if raw["kind"] == "video":
         _check(raw.get("num_frames") is not None, f"{where}.num_frames", None, "an integer >= 1 (required for video)")
+    _check(isinstance(raw.get("prompt_extension", False), bool), f"{where}.prompt_extension", raw.get("prompt_extension"), "true or false")
+    _check(isinstance(raw.get("negative_prompt", ""), str), f"{where}.negative_prompt", raw.get("negative_prompt"), "a string")
+    _check(isinstance(raw["model"], str) and raw["model"].strip() != "", f"{where}.model", raw["model"], "a folder or a model-hub id")
     extra = {k: raw.pop(k) for k in list(raw) if k not in known}
     return Profile(name=name, extra=extra, **raw)
+
+
+def _check_guidance_names(specs: Any, where: str) -> None:
+    """The shape of a profile's guidance section and its names; each spec itself is checked by
+    `ditguide.render.guidance_spec` (it needs the guidance module)."""
+    if specs is None:
+        return
+    if not isinstance(specs, dict):
+        raise ConfigError(f"{where}: expected a mapping {{name: spec}}, got {specs!r}")
+    for spec_name, entry in specs.items():
+        if not isinstance(spec_name, str) or not SPEC_NAME.fullmatch(spec_name):
+            raise ConfigError(f"{where}: spec name {spec_name!r} is not allowed; allowed: letters, digits, _ . + - "
+                              "(it names a folder under runs/)")
+        if spec_name in RESERVED_SPEC_NAMES or spec_name.startswith("cfg@"):
+            raise ConfigError(f"{where}.{spec_name}: the name is reserved for a built-in method "
+                              f"({', '.join(RESERVED_SPEC_NAMES)}, cfg@<scale>); choose another name")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}.{spec_name}: expected a mapping, {{preset: NAME, ...overrides}} or a full "
+                              f"guidance spec, got {entry!r}")
 
 
 def resolve_local_model(profile: Profile, root: str | os.PathLike = ".") -> Path:
@@ -108,9 +151,19 @@ def resolve_local_model(profile: Profile, root: str | os.PathLike = ".") -> Path
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"profiles.{profile.name}.model: no pipeline at {path} (model_index.json missing). "
-            "Run `dvc repro train_toy` (or `dvc pull`) to create it."
+            "Run `dvc repro train_toy` to create it."
         )
     return path
+
+
+def check_trained_size(profile: Profile, model_dir: Path) -> None:
+    """A toy model renders at any size but was trained at one (train_log.json's image_size, where
+    recorded): another profile height/width would sample off its training distribution."""
+    log = model_dir / "train_log.json"
+    size = json.loads(log.read_text(encoding="utf-8")).get("image_size") if log.is_file() else None
+    if size is not None and (profile.height, profile.width) != (size, size):
+        raise ConfigError(f"profiles.{profile.name}.height/width = {profile.height}x{profile.width} is not allowed; "
+                          f"allowed: {size}x{size}, the size {model_dir} was trained at")
 
 
 def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike = "."):
@@ -121,7 +174,9 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
     if profile.family == "toy":
         from .toy.pipeline import ToyPipeline
 
-        pipe = ToyPipeline.from_pretrained(resolve_local_model(profile, root), dtype=dtype)
+        model_dir = resolve_local_model(profile, root)
+        check_trained_size(profile, model_dir)
+        pipe = ToyPipeline.from_pretrained(model_dir, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
@@ -150,7 +205,7 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"profiles.{profile.name}.model: could not load {profile.model!r} ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            f"Download it on a machine with internet: `huggingface-cli download {profile.model}` "
+            f"Download it on a machine with internet: `hf download {profile.model}` "
             "(FLUX.1-dev needs its licence accepted and HF_TOKEN set), then copy the hub cache (~/.cache/huggingface) here."
         ) from err
     if profile.family == "wan" and profile.flow_shift is not None:

@@ -35,8 +35,16 @@ class DigitJudge(nn.Module):
         return self.head(self.features(images01))
 
 
+def check_judge_parameters(seed: int = 0, epochs: int = 400) -> None:
+    """ValueError naming the parameter: an untrained judge (epochs 0) would score every method as noise."""
+    for name, value, low in (("seed", seed, 0), ("epochs", epochs, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"train_judge {name}={value!r} is not allowed; allowed: an integer >= {low}")
+
+
 def train_judge(images01: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 400) -> DigitJudge:
     """Full-batch AdamW with light pixel-noise augmentation; a few seconds on one core."""
+    check_judge_parameters(seed, epochs)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     judge = DigitJudge()

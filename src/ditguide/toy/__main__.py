@@ -2,59 +2,112 @@
 
     python -m ditguide.toy model --out data/toy/model       # the toy DiT pipeline (params: train_toy)
     python -m ditguide.toy judge --out data/toy/judge.safetensors   # the metrics' judge (params: train_judge)
+
+Every parameter is checked (names, types, ranges) before anything is trained or written; the outputs
+are replaced atomically only when training has finished, so a failed run leaves the old ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import numbers
+import sys
 import time
 
-import torch
-
+from ..cli import add_debug_flag, run_reporting_user_errors
 from ..profiles import ConfigError, load_params
 from ..style import write_text
 
+JUDGE_PARAMETERS = {"seed": 0, "epochs": 400}  # train_judge's parameters and their defaults (types)
 
-def _section(params: dict, name: str, allowed: set[str]) -> dict:
-    section = dict(params.get(name) or {})
-    unknown = set(section) - allowed
+
+def _type_ok(value, default) -> bool:
+    """Value of the default's type; a float parameter also takes an int (YAML reads `1e-4` as a string)."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, numbers.Integral)
+    if isinstance(default, float):
+        return isinstance(value, numbers.Real)
+    return isinstance(value, type(default))
+
+
+def typed_section(params: dict, name: str, defaults: dict) -> dict:
+    """The params section `name`, each key known and of its default's type; a ConfigError naming it otherwise."""
+    section = params.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"params {name}: expected a mapping of parameters, got {section!r}")
+    unknown = set(section) - set(defaults)
     if unknown:
-        raise ConfigError(f"{name}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return section
+        raise ConfigError(f"params {name}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
+    for key, value in section.items():
+        if not _type_ok(value, defaults[key]):
+            kind = type(defaults[key]).__name__
+            hint = " (YAML reads 1e-4 as a string: write 1.0e-4 or 0.0001)" if isinstance(value, str) and kind == "float" else ""
+            raise ConfigError(f"params {name}.{key}={value!r} is not allowed; allowed: a {kind}{hint}")
+    return dict(section)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _train_model(out: str, params: dict) -> None:
+    from .train import ToyTrainConfig, train_toy
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ToyTrainConfig)}
+    try:
+        cfg = ToyTrainConfig(**typed_section(params, "train_toy", defaults))
+    except ValueError as err:  # the config's range checks
+        raise ConfigError(f"params train_toy: {err}") from None
+    start = time.time()
+    log = train_toy(out, cfg)
+    print(f"trained toy model: {log['parameters']} parameters, final loss {log['final_loss_mean_last_100']:.4f}, "
+          f"{time.time() - start:.0f} s")
+    print(f"wrote {out}")
+
+
+def _train_judge(out: str, params: dict) -> None:
+    import torch
+
+    from ..metrics.toy import check_judge_parameters, save_judge, train_judge
+    from .data import load_split, to_unit
+
+    section = typed_section(params, "train_judge", JUDGE_PARAMETERS)
+    try:
+        check_judge_parameters(**section)
+    except ValueError as err:
+        raise ConfigError(f"params train_judge: {err}") from None
+    heldout, train = load_split("heldout"), load_split("train")
+    judge = train_judge(to_unit(heldout.images), heldout.labels, **section)
+    with torch.no_grad():
+        acc = (judge(torch.from_numpy(to_unit(train.images))).argmax(1).numpy() == train.labels).mean()
+    report = {"judge_accuracy_on_train_split": float(acc), "trained_on": "heldout", "heldout_size": len(heldout.labels)}
+    report_path = out.rsplit(".", 1)[0] + "_report.json"
+    save_judge(judge, out)
+    write_text(report_path, json.dumps(report, indent=2) + "\n")
+    print(f"trained judge on the held-out split; accuracy on the (unseen) train split: {acc:.4f}")
+    print(f"wrote {out} and {report_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ditguide.toy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["model", "judge"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
-    params = load_params(args.params)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.time()
-    if args.what == "model":
-        from .train import ToyTrainConfig, train_toy
 
-        cfg = ToyTrainConfig(**_section(params, "train_toy", set(ToyTrainConfig.__dataclass_fields__)))
-        log = train_toy(args.out, cfg)
-        print(f"trained toy model: {log['parameters']} parameters, final loss {log['final_loss_mean_last_100']:.4f}, {time.time() - start:.0f} s")
-    else:
-        from ..metrics.toy import save_judge, train_judge
-        from .data import load_split, to_unit
+    def run() -> None:
+        params = load_params(args.params)
+        if args.threads:
+            import torch
 
-        section = _section(params, "train_judge", {"seed", "epochs"})
-        heldout, train = load_split("heldout"), load_split("train")
-        judge = train_judge(to_unit(heldout.images), heldout.labels, **section)
-        with torch.no_grad():
-            acc = (judge(torch.from_numpy(to_unit(train.images))).argmax(1).numpy() == train.labels).mean()
-        save_judge(judge, args.out)
-        report = {"judge_accuracy_on_train_split": float(acc), "trained_on": "heldout", "heldout_size": len(heldout.labels)}
-        write_text(args.out.rsplit(".", 1)[0] + "_report.json", json.dumps(report, indent=2) + "\n")
-        print(f"trained judge on the held-out split; accuracy on the (unseen) train split: {acc:.4f}")
+            torch.set_num_threads(args.threads)
+        (_train_model if args.what == "model" else _train_judge)(args.out, params)
+
+    return run_reporting_user_errors(run, debug=args.debug)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
