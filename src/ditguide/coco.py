@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import add_debug_flag, run_reporting_user_errors
+
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 TRAIN_IMAGES_ZIP_URL = "http://images.cocodataset.org/zips/train2017.zip"
 # Every COCO image is also served on its own; fetching only the sampled ones saves ~13 GB.
@@ -402,8 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=8)
+    for subparser in sub.choices.values():
+        add_debug_flag(subparser)
     args = parser.parse_args(argv)
+    return run_reporting_user_errors(lambda: _run_command(args), debug=args.debug, prog="python -m ditguide.coco")
 
+
+def _run_command(args: argparse.Namespace) -> int:
     if args.command == "annotations":
         print(download_annotations(args.data_dir))
     elif args.command == "sample":

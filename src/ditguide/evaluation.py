@@ -87,6 +87,8 @@ def evaluate_t2i_toy(
             renderers[f"cfg@{s:g}"] = PipelineRenderer(prof, pipe, cfg_scale=float(s), base_seed=base_seed)
     for name, spec in guided.items():
         renderers[name] = PipelineRenderer(prof, pipe, guidance=spec, base_seed=base_seed)
+    for renderer in renderers.values():
+        renderer.validate(prompts)  # every spec against the model before the first method renders
 
     result = T2IResult(
         metrics={"profile": profile, "count": count, "steps": prof.steps, "base_seed": base_seed,

@@ -119,9 +119,11 @@ def _render_methods(prof, pipe, methods, prompts, *, task, runs_dir, batch_size,
                     limit, state) -> dict[str, tuple[PipelineRenderer, Path]]:
     from .generate import generate
 
+    renderers = {method: renderer_for(prof, pipe, method, base_seed) for method in methods}
+    for renderer in renderers.values():
+        renderer.validate(prompts)  # every spec against the model before the first method renders
     out = {}
-    for method in methods:
-        renderer = renderer_for(prof, pipe, method, base_seed)
+    for method, renderer in renderers.items():
         folder = run_dir(runs_dir, prof, task, method, renderer, prompts, samples_per_prompt)
         generate(renderer, prompts, folder, batch_size=batch_size, base_seed=base_seed,
                  samples_per_prompt=samples_per_prompt, limit=limit, state=state)
@@ -601,7 +603,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--samples-per-prompt", type=int, default=5, help="t2v")
     ap.add_argument("--dimensions", nargs="+", default=None, help="t2v: default all 16")
     ap.add_argument("--out", default=None, help="write the metrics JSON here (main process)")
+    from .cli import add_debug_flag, run_reporting_user_errors
+
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
+    return run_reporting_user_errors(lambda: _run_cli(args), debug=args.debug)
+
+
+def _run_cli(args) -> int:
     common = dict(specs=args.specs, limit=args.limit, base_seed=args.base_seed, params=args.params, runs_dir=args.runs_dir)
     if args.batch_size is not None:
         common["batch_size"] = args.batch_size
@@ -617,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_text(args.out, text)
         print(text)
+        folders = ", ".join(f"{m}: {d}" for m, d in result.run_dirs.items())
+        print(f"samples in {folders}" + (f"; metrics written to {args.out}" if args.out else ""))
     return 0
 
 

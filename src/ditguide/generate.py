@@ -72,6 +72,9 @@ class Renderer(Protocol):
         """HxWx3 uint8 images or TxHxWx3 uint8 videos; sample i's noise depends only on index i."""
         ...
 
+    # Optional: `validate(prompts)` raises if the renderer cannot render these prompts (block
+    # addresses of its spec, prompt lengths); `generate` calls it before writing anything.
+
 
 class ManifestMismatchError(RuntimeError):
     """The folder holds outputs of a different run (model, spec, seeds, prompts or software)."""
@@ -100,7 +103,8 @@ class GenerationSummary:
     planned: int  # samples this call was asked for (all processes)
     assigned: int  # of those, this process's shard
     rendered: int  # rendered by this process in this call
-    skipped: int  # already present in this process's shard
+    skipped: int  # already present in this process's shard (reused)
+    repaired: int = 0  # of the rendered, damaged files (undecodable, wrong size) deleted first (repair=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,6 +122,18 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
+    try:
+        prompts = _read_prompt_file(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompts file {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"prompts file {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def _read_prompt_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     keys = ("prompt", "caption", "prompt_en")
     if suffix == ".txt":
@@ -317,7 +333,18 @@ def load_manifest(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no generation manifest at {path}: run `python -m ditguide.generate` for this folder first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return _read_manifest(path)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ManifestMismatchError(f"{path} is damaged ({type(err).__name__}: {err}); the folder's samples cannot be "
+                                    "attributed to a run: use a new --out folder (or delete this one to start over)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ManifestMismatchError(f"{path} is not a generation manifest ({MANIFEST_FORMAT}); use a new --out folder")
+    return manifest
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -333,7 +360,7 @@ def ensure_manifest(out_dir: Path, manifest: dict) -> None:
     """Write the manifest if the folder has none; otherwise require it to describe the same run."""
     path = out_dir / MANIFEST_NAME
     if path.is_file():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+        existing = _read_manifest(path)
         diffs = _differences(_comparable(existing), _comparable(manifest))
         if diffs:
             raise ManifestMismatchError(
@@ -342,6 +369,12 @@ def ensure_manifest(out_dir: Path, manifest: dict) -> None:
                 + "\nUse a new --out folder (or delete this one to start over)."
             )
         return
+    samples_dir = out_dir / SAMPLES_DIRNAME
+    if samples_dir.is_dir() and any(samples_dir.iterdir()):
+        # Files without a manifest may come from any model or settings: adopting them would mix two runs.
+        raise ManifestMismatchError(
+            f"{out_dir} has files in {SAMPLES_DIRNAME}/ but no {MANIFEST_NAME}, so nothing says which run made them; "
+            "refusing to adopt them. Use a new --out folder (or delete this one to start over).")
     _write_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
@@ -451,6 +484,7 @@ def generate(
     video_crf: int = DEFAULT_VIDEO_CRF,
     state=None,
     progress: bool = True,
+    repair: bool = False,
 ) -> GenerationSummary:
     """Render `prompts` into `out_dir/samples/`, this process's shard only, skipping finished files.
 
@@ -458,7 +492,9 @@ def generate(
     agree, since the renderer draws the noise. `limit` renders only the first `limit` samples of the
     plan (the manifest still records the full plan, so a later run without `limit` continues it).
     `state` is an accelerate `PartialState` (default: a new one; anything with `num_processes`,
-    `process_index`, `is_main_process` and `wait_for_everyone()` works).
+    `process_index`, `is_main_process` and `wait_for_everyone()` works). `repair=True` first decodes
+    this shard's existing files and deletes the damaged ones (undecodable, or an image of the wrong
+    size), so that they are rendered again; the summary counts them.
     """
     kind = getattr(renderer, "kind", None)
     if kind not in KINDS:
@@ -483,6 +519,8 @@ def generate(
         samples_per_prompt = VBENCH_VIDEOS_PER_PROMPT if kind == "video" else 1
     plan = plan_samples(prompts, kind, samples_per_prompt=samples_per_prompt, base_seed=base_seed, names=names)
     todo = plan if limit is None else plan[:limit]
+    if hasattr(renderer, "validate"):
+        renderer.validate(list(dict.fromkeys(s.prompt for s in plan)))  # before any file is written
 
     out_dir = Path(out_dir)
     samples_dir = out_dir / SAMPLES_DIRNAME
@@ -505,6 +543,7 @@ def generate(
         ensure_manifest(out_dir, manifest)  # a process whose software differs from the main one's fails here
 
     mine = [s for s in todo if s.index % world == rank]
+    repaired = _delete_damaged(mine, samples_dir, kind, _image_size(manifest)) if repair else {}
     pending = [s for s in mine if not (samples_dir / s.file).exists()]
     from tqdm.auto import tqdm
 
@@ -527,15 +566,35 @@ def generate(
                 bar.update(1)
     finally:
         bar.close()
-    return GenerationSummary(out_dir=out_dir, planned=len(todo), assigned=len(mine), rendered=len(pending), skipped=len(mine) - len(pending))
+    return GenerationSummary(out_dir=out_dir, planned=len(todo), assigned=len(mine), rendered=len(pending),
+                             skipped=len(mine) - len(pending), repaired=len(repaired))
+
+
+def _delete_damaged(samples: Sequence[Sample], samples_dir: Path, kind: str, size: tuple[int, int] | None) -> dict[int, str]:
+    """Delete the files of `samples` that exist but do not decode (or have the wrong size); {index: why}."""
+    damaged = {}
+    for s in samples:
+        path = samples_dir / s.file
+        why = _decode_error(path, kind, size) if path.is_file() else None
+        if why is not None:
+            path.unlink()
+            damaged[s.index] = why
+    return damaged
+
+
+def _image_size(manifest: dict) -> tuple[int, int] | None:
+    """(width, height) every image of the run must have, from the renderer's description (None: unknown, or videos)."""
+    r = manifest.get("renderer") or {}
+    w, h = r.get("width"), r.get("height")
+    return (w, h) if manifest.get("kind") == "image" and isinstance(w, int) and isinstance(h, int) else None
 
 
 # ----------------------------------------------------------------------------------------------
 # checking a finished folder
 
 
-def _decode_error(path: Path, kind: str) -> str | None:
-    """None if the file decodes, else why not."""
+def _decode_error(path: Path, kind: str, size: tuple[int, int] | None = None) -> str | None:
+    """None if the file decodes (and an image has `size` = (width, height) when given), else why not."""
     try:
         if kind == "image":
             from PIL import Image
@@ -544,6 +603,8 @@ def _decode_error(path: Path, kind: str) -> str | None:
                 im.load()
                 if im.size[0] == 0 or im.size[1] == 0:
                     return "empty image"
+                if size is not None and tuple(im.size) != tuple(size):
+                    return f"{im.size[0]}x{im.size[1]} image, the run renders {size[0]}x{size[1]}"
         else:
             import imageio_ffmpeg
 
@@ -570,6 +631,7 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
     if not isinstance(n, int) or not 0 <= n <= len(plan):
         raise ValueError(f"n must be an integer in 0..{len(plan)} (the run's plan), got {n!r}")
     samples_dir = out_dir / SAMPLES_DIRNAME
+    size = _image_size(manifest)
     paths, missing, corrupt = [], [], {}
     for s in plan[:n]:
         path = samples_dir / s["file"]
@@ -577,7 +639,7 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
         if not path.is_file():
             missing.append(s["index"])
             continue
-        why = _decode_error(path, manifest["kind"])
+        why = _decode_error(path, manifest["kind"], size)
         if why is not None:
             corrupt[s["index"]] = why
             if delete_corrupt:
@@ -591,7 +653,8 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
             parts.append(f"{len(corrupt)} corrupt (indices {_short(list(corrupt))}; e.g. {first[0]}: {first[1]})")
         raise IncompleteOutputError(
             f"{out_dir}: of samples 0..{n - 1}, " + " and ".join(parts) + ". Rerun the same generate command to render them"
-            + ("" if delete_corrupt or not corrupt else " after deleting the corrupt files (verify(..., delete_corrupt=True))")
+            + ("" if delete_corrupt or not corrupt else " with --repair (python -m ditguide.generate), which renders the corrupt "
+               "files again (Python: generate(..., repair=True))")
             + ".",
             missing,
             corrupt,
@@ -629,36 +692,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples-per-prompt", type=int, default=None, help="default: 1 for images, 5 for videos (VBench)")
     parser.add_argument("--video-crf", type=int, default=DEFAULT_VIDEO_CRF)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--repair", action="store_true",
+                        help="decode the existing samples first and render the damaged ones (undecodable, wrong size) again")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    from .cli import add_debug_flag, run_reporting_user_errors
 
-    # Cheap checks first: a bad prompt file or option fails before any weights load.
-    prompts = read_prompts(args.prompts)
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
     for name in ("batch_size", "limit", "samples_per_prompt", "base_seed"):
         value = getattr(args, name)
         if value is not None and value < (0 if name in ("limit", "base_seed") else 1):
             parser.error(f"--{name.replace('_', '-')} must be >= {0 if name in ('limit', 'base_seed') else 1}, got {value}")
+    return run_reporting_user_errors(lambda: _run_cli(args), debug=args.debug)
 
+
+def _run_cli(args: argparse.Namespace) -> int:
+    # Cheap checks first: a bad prompt file or option fails before any weights load.
+    prompts = read_prompts(args.prompts)
     from .render import load_renderer  # lazy: pulls in diffusers and the model family
 
     state = _default_state()
     renderer = load_renderer(args.profile, args.spec, params_path=args.params, base_seed=args.base_seed or 0)
     summary = generate(
-        renderer,
-        prompts,
-        args.out,
-        batch_size=args.batch_size,
-        base_seed=args.base_seed,
-        samples_per_prompt=args.samples_per_prompt,
-        limit=args.limit,
-        video_crf=args.video_crf,
-        state=state,
-        progress=not args.no_progress,
+        renderer, prompts, args.out, batch_size=args.batch_size, base_seed=args.base_seed,
+        samples_per_prompt=args.samples_per_prompt, limit=args.limit, video_crf=args.video_crf, state=state,
+        progress=not args.no_progress, repair=args.repair,
     )
     state.wait_for_everyone()
     if state.is_main_process:
         paths = verify(args.out, summary.planned)
-        print(f"{args.out}: {len(paths)} samples complete and decodable")
+        repaired = f" ({summary.repaired} damaged files rendered again)" if summary.repaired else ""
+        print(f"{len(paths)} samples complete and decodable in {Path(args.out) / SAMPLES_DIRNAME}: "
+              f"{summary.rendered} rendered{repaired}, {summary.skipped} reused (this process); "
+              f"manifest {Path(args.out) / MANIFEST_NAME}")
     return 0
 
 

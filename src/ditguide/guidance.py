@@ -715,7 +715,12 @@ def preset(
     if interval is not None:
         _override_interval(name, d, method_terms, interval)
     perturbed = [k for k in ("weak", "skip", "uncond_weak", "perturbed") if k in d.get("branches", {})]
+    if isinstance(blocks, (str, int)) and not isinstance(blocks, bool):
+        blocks = [blocks]  # one block given bare ("single:1"), as BlockEdit takes it; never split into characters
     if blocks is not None:
+        if isinstance(blocks, Mapping) or not isinstance(blocks, Sequence):
+            raise GuidanceSpecError(f"preset {name!r}: blocks = {blocks!r}: must be a block or a list of blocks "
+                                    "(global ints >= 0 or 'list:index', e.g. ['single:1'])")
         if not perturbed:
             raise GuidanceSpecError(f"preset {name!r}: blocks= does not apply (it has no edited branch)")
         branch = d["branches"][perturbed[0]]

@@ -67,6 +67,19 @@ class PipelineRenderer:
             "num_frames": self.profile.num_frames,
         }
 
+    def validate(self, prompts: Sequence[str] = ()) -> None:
+        """Raise now, before any file is written, if this renderer cannot render `prompts`: the spec's
+        block edits against this transformer (addresses, streams, sub-modules), and the prompts'
+        lengths and words where the pipeline's prompt encoder has limits (the toy's)."""
+        if self.guidance is not None:
+            from .denoiser import GuidedDenoiser
+
+            # Compiles every branch's edits against the model; nothing is installed on the pipeline.
+            GuidedDenoiser(self.pipe.transformer, self.guidance, scheduler=self.pipe.scheduler, mode=self.mode)
+        tokenize = getattr(getattr(self.pipe, "prompt_encoder", None), "tokenize", None)
+        if tokenize is not None and prompts:
+            tokenize(list(prompts))
+
     def _call_kwargs(self, indices: Sequence[int]) -> dict:
         p = self.profile
         if p.family == "toy":
@@ -148,10 +161,19 @@ def guidance_spec(profile: Profile, name: str):
     if name not in specs:
         raise ConfigError(f"spec={name!r} is not a guidance spec of profile {profile.name!r}; allowed: "
                           f"{', '.join(['baseline', 'none', *sorted(specs)])}")
-    entry = dict(specs[name])
-    d = preset(entry.pop("preset"), **entry) if "preset" in entry else entry
-    d.setdefault("name", name)
-    return GuidanceSpec.from_dict(d)
+    entry = specs[name]
+    where = f"profiles.{profile.name}.guidance.{name}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping, {{preset: NAME, ...overrides}} or a full guidance spec, got {entry!r}")
+    entry = dict(entry)
+    try:
+        d = preset(entry.pop("preset"), **entry) if "preset" in entry else entry
+        d.setdefault("name", name)
+        return GuidanceSpec.from_dict(d)
+    except TypeError as err:  # an override preset() does not take
+        raise ConfigError(f"{where}: {err}") from None
+    except ValueError as err:  # GuidanceSpecError, EditError: say which spec of which profile
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def load_renderer(profile: str | None = None, spec: str | None = None, params_path="params.yaml", *,

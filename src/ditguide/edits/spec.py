@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..families.base import _ADDRESS_RE as _BLOCK_ADDRESS_RE
 from ..families.base import STREAM_NAMES, FamilyError
 
 OPS: dict[str, str] = {
@@ -223,10 +224,25 @@ class BlockEdit:
             kwargs[name] = value
         if m["streams"] is not None:
             kwargs["streams"] = tuple(m["streams"].split("+"))
-        refs = tuple(int(b) if b.strip().isdigit() else b.strip() for b in blocks.split(","))
-        return cls(op=op, blocks=refs, **kwargs)
+        return cls(op=op, blocks=tuple(_parse_block_ref(b, text) for b in blocks.split(",")), **kwargs)
 
 
+def _parse_block_ref(ref: str, text: str) -> BlockRef:
+    """A global index ('5' -> 5) or a 'list:index' address; an empty or malformed entry is an error here,
+    since the model check (`validate`) would report it only after the weights load."""
+    ref = ref.strip()
+    if _INT_RE.fullmatch(ref):
+        value = int(ref)
+        if value < 0:
+            raise EditError(f"edit {text!r}: block {ref!r} is negative; a block is a global int >= 0 or 'list:index'")
+        return value
+    if not _BLOCK_ADDRESS_RE.fullmatch(ref):
+        raise EditError(f"edit {text!r}: block {ref!r} is not a block; write a global int >= 0, 'list:index' "
+                        "(e.g. 'single:3') or 'attribute.index', separated by single commas")
+    return ref
+
+
+_INT_RE = re.compile(r"[+-]?\d+")
 _HEAD_RE = re.compile(r"^(?P<op>[a-z_]+)(?:\((?P<param>[^()]*)\))?(?:@(?P<streams>[a-z+]+))?$")
 
 
