@@ -865,3 +865,22 @@ def test_upstream_apply_layer_skip_swaps_flux_streams():
     assert out.shape[1] == text_tokens  # the bug
     ours = run(tiny_transformer("flux"), inputs, "skip:single:0")
     assert ours.shape[1] == image_tokens
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("skip:single:1,,single:2", r"block '' is not a block"),
+        ("skip:-1", r"block '-1' is negative"),
+        ("skip:single:x", r"block 'single:x' is not a block"),
+        ("skip:single:1;scale(1.5):", r"cannot parse edit"),
+    ],
+)
+def test_edit_string_refuses_malformed_block_refs(text, message):
+    with pytest.raises(EditError, match=message):
+        EditSpec.from_string(text)
+
+
+def test_edit_string_block_refs_parse_to_ints_and_addresses():
+    spec = EditSpec.from_string("skip: 3 ,single:1,transformer_blocks.2")
+    assert spec.edits[0].blocks == (3, "single:1", "transformer_blocks.2")

@@ -146,3 +146,10 @@ def test_prompt_encoder_refuses_words_outside_its_vocabulary():
     enc = ToyPromptEncoder().eval()
     with pytest.raises(ValueError, match=r"outside the vocabulary: \['seven7'\].*vocabulary: .*seven"):
         enc.tokenize(["a handwritten digit seven7"])
+
+
+@pytest.mark.parametrize("kwargs,message", [({"epochs": 0}, "epochs=0"), ({"seed": -1}, "seed=-1"), ({"epochs": 2.5}, "epochs=2.5")])
+def test_judge_parameters_are_checked_before_training(kwargs, message):
+    images = np.zeros((2, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"train_judge {message} is not allowed"):
+        train_judge(images, np.array([0, 1]), **kwargs)

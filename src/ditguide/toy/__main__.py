@@ -54,8 +54,9 @@ def _train_model(out: str, params: dict) -> None:
     from .train import ToyTrainConfig, train_toy
 
     defaults = {f.name: f.default for f in dataclasses.fields(ToyTrainConfig)}
+    section = typed_section(params, "train_toy", defaults)
     try:
-        cfg = ToyTrainConfig(**typed_section(params, "train_toy", defaults))
+        cfg = ToyTrainConfig(**section)
     except ValueError as err:  # the config's range checks
         raise ConfigError(f"params train_toy: {err}") from None
     start = time.time()

@@ -1,0 +1,268 @@
+"""Failures lose nothing and are reported early and in one line (issue 10).
+
+- a DVC stage that fails on a bad parameter leaves every committed output as it was;
+- bad inputs fail before any file is written (not even a manifest);
+- every command line reports a user error in one line on stderr, exit code 2.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _env(src: Path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(src), PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
+                          cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def scratch_clone(tmp_path):
+    """A clone of the repository with the working tree's code, pipeline and parameters committed."""
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(REPO), str(clone))
+    for rel in ("src", "notebooks"):
+        shutil.rmtree(clone / rel)
+        shutil.copytree(REPO / rel, clone / rel, ignore=shutil.ignore_patterns("__pycache__", "executed"))
+    for rel in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        shutil.copy2(REPO / rel, clone / rel)
+    _git(clone, "add", "-A")
+    _git(clone, "commit", "-q", "--allow-empty", "-m", "tree under test")
+    return clone
+
+
+def _edit_params(clone: Path, edit) -> None:
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    edit(params)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _repro(clone: Path, stage: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "dvc"), "repro", "-s", stage], cwd=clone, env=_env(clone / "src"),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "stage,edit,message",
+    [
+        # YAML reads 1e-4 as a string: once a TypeError after DVC had deleted data/toy/model.
+        ("train_toy", lambda p: p["train_toy"].update(lr="1e-4"), "train_toy.lr='1e-4' is not allowed"),
+        ("train_judge", lambda p: p["train_judge"].update(epochs=0), "epochs=0 is not allowed"),
+        # A preset typo: once the six committed figures, metrics and table were deleted.
+        ("evaluate_t2i", lambda p: p["profiles"]["toy"]["guidance"]["apg"].update(preset="apgg"),
+         "profiles.toy.guidance.apg: preset name = 'apgg'"),
+        ("evaluate_t2i", lambda p: p["evaluate_t2i"].update(samples_per_clas=3), "no parameter(s) ['samples_per_clas']"),
+    ],
+    ids=["train_toy-lr-string", "train_judge-epochs-0", "evaluate_t2i-preset-typo", "evaluate_t2i-unknown-parameter"],
+)
+def test_failed_stage_leaves_committed_outputs(scratch_clone, stage, edit, message):
+    _edit_params(scratch_clone, edit)
+    run = _repro(scratch_clone, stage)
+    assert run.returncode != 0
+    assert message in run.stderr + run.stdout
+    # Only the edited parameter file differs: no output deleted or rewritten, dvc.lock untouched.
+    assert _git(scratch_clone, "status", "--porcelain").splitlines() == [" M params.yaml"]
+
+
+def test_every_committed_stage_output_persists():
+    """DVC deletes a non-persistent output before its stage runs; cache: false outputs come back only from git."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for section in ("outs", "metrics"):
+            for out in body.get(section, []):
+                (path, flags), = out.items()
+                assert flags.get("persist") is True, f"{name}: {path} is not persist: true"
+
+
+# ---- nothing is written before validation passes -------------------------------------------------
+
+
+def _toy_params(tmp_path: Path, guidance: dict) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profiles"]["toy"]["model"] = str(REPO / "data/toy/model")
+    params["profiles"]["toy"]["guidance"] = guidance
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_bad_block_address_leaves_no_files(tmp_path):
+    from ditguide.generate import generate
+    from ditguide.render import load_renderer
+
+    params = _toy_params(tmp_path, {"far": {"preset": "slg", "blocks": ["single:9"]}})
+    renderer = load_renderer("toy", "far", params_path=params)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="single:9"):
+        generate(renderer, ["a handwritten digit one"], out, progress=False)
+    assert not out.exists()
+
+
+def test_long_prompt_mid_list_fails_before_the_first_sample(tmp_path):
+    from ditguide.generate import generate
+    from ditguide.render import load_renderer
+
+    renderer = load_renderer("toy", None, params_path=_toy_params(tmp_path, {}))
+    prompts = ["a handwritten digit one", "a handwritten digit two", "one " * 9]
+    with pytest.raises(ValueError, match="at most 8"):
+        generate(renderer, prompts, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_t2i_checks_every_spec_before_the_first_method_renders(tmp_path):
+    from ditguide.evaluation import evaluate_t2i_toy
+
+    params = yaml.safe_load(_toy_params(tmp_path, {"ok": {"preset": "apg"},
+                                                   "far": {"preset": "slg", "blocks": ["double:5"]}}).read_text())
+    with pytest.raises(ValueError, match="double:5"):
+        evaluate_t2i_toy("toy", samples_per_class=1, params=params, judge_path=str(REPO / "data/toy/judge.safetensors"),
+                         runs_dir=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()  # none and cfg did not render first
+
+
+# ---- resume: refuse what cannot be attributed, repair what is damaged ----------------------------
+
+
+class _GreyRenderer:
+    """Renders sample i as a flat 4x4 image of grey level i (deterministic, no model)."""
+
+    kind = "image"
+    base_seed = 0
+
+    def __init__(self):
+        self.rendered: list[int] = []
+
+    def describe(self) -> dict:
+        return {"renderer": "grey", "height": 4, "width": 4}
+
+    def render(self, prompts, indices):
+        self.rendered += list(indices)
+        return [np.full((4, 4, 3), i, dtype=np.uint8) for i in indices]
+
+
+def test_samples_without_manifest_are_refused(tmp_path):
+    from ditguide.generate import ManifestMismatchError, generate
+
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "00000.png").write_bytes(b"old run")
+    with pytest.raises(ManifestMismatchError, match="no manifest.json"):
+        generate(_GreyRenderer(), ["a", "b"], tmp_path, progress=False)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_repair_renders_corrupt_and_wrong_size_samples_again(tmp_path):
+    from PIL import Image
+
+    from ditguide.generate import IncompleteOutputError, generate, verify
+
+    generate(_GreyRenderer(), ["a", "b", "c"], tmp_path, progress=False)
+    (tmp_path / "samples" / "00000.png").write_bytes(b"")  # truncated
+    Image.new("RGB", (8, 8)).save(tmp_path / "samples" / "00002.png")  # wrong size
+    with pytest.raises(IncompleteOutputError, match="--repair") as err:
+        verify(tmp_path)
+    assert set(err.value.corrupt) == {0, 2} and "8x8 image, the run renders 4x4" in err.value.corrupt[2]
+    renderer = _GreyRenderer()
+    summary = generate(renderer, ["a", "b", "c"], tmp_path, progress=False, repair=True)
+    assert (summary.repaired, summary.rendered, summary.skipped) == (2, 2, 1)
+    assert renderer.rendered == [0, 2]
+    assert len(verify(tmp_path)) == 3
+
+
+def test_damaged_manifest_names_the_file(tmp_path):
+    from ditguide.generate import ManifestMismatchError, generate
+
+    generate(_GreyRenderer(), ["a"], tmp_path, progress=False)
+    (tmp_path / "manifest.json").write_text('{"format": "ditguide.gen')
+    with pytest.raises(ManifestMismatchError, match=r"manifest.json is damaged \(JSONDecodeError"):
+        generate(_GreyRenderer(), ["a"], tmp_path, progress=False)
+
+
+# ---- the notebook runner takes everything from --params ------------------------------------------
+
+
+def test_notebook_parameters_come_from_the_given_params_file(tmp_path):
+    from ditguide.notebook import stage_parameters
+    from ditguide.profiles import ConfigError, load_params
+
+    path = _toy_params(tmp_path, {"typo": {"preset": "apgg"}})
+    with pytest.raises(ConfigError, match="profiles.toy.guidance.typo: preset name = 'apgg'"):
+        stage_parameters("evaluate_t2i", load_params(path), {"profile": "toy"}, params_file=path)
+    path = _toy_params(tmp_path, {"mine": {"preset": "apg"}})
+    parameters = stage_parameters("evaluate_t2i", load_params(path), {"profile": "toy"}, params_file=path)
+    assert parameters["params_file"] == str(path) and parameters["profile"] == "toy"
+    with pytest.raises(ConfigError, match="specs='mine' is not allowed"):
+        stage_parameters("evaluate_t2i", load_params(path), {"profile": "toy", "specs": "mine"}, params_file=path)
+
+
+# ---- command lines: one line, exit code 2 --------------------------------------------------------
+
+
+def _cli(tmp_path: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(REPO / "src"),
+                          capture_output=True, text=True, timeout=120)
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    latin1 = tmp_path / "prompts.txt"
+    latin1.write_bytes("caf\xe9 one\n".encode("latin-1"))
+    broken_json = tmp_path / "prompts.json"
+    broken_json.write_text('["one", ')
+    bad_params = tmp_path / "bad.yaml"
+    bad_params.write_text("profiles: {toy: 5}\ntrain_toy: {lr: 1e-4}\n")
+    return {
+        "generate-non-utf8": (["ditguide.generate", "--profile", "toy", "--prompts", str(latin1), "--out", str(tmp_path / "o")],
+                              "prompts.txt: not UTF-8"),
+        "generate-json": (["ditguide.generate", "--profile", "toy", "--prompts", str(broken_json), "--out", str(tmp_path / "o")],
+                          "prompts.json: not valid JSON (line 1"),
+        "notebook-profile": (["ditguide.notebook", "notebooks/03_evaluate_t2i.py", "--stage", "train_toy", "--params",
+                              str(bad_params), "-p", "profile", "toy"], "profiles.toy: expected a mapping"),
+        "toy-lr": (["ditguide.toy", "model", "--out", str(tmp_path / "m"), "--params", str(bad_params)],
+                   "train_toy.lr='1e-4' is not allowed"),
+        "coco-missing": (["ditguide.coco", "reference", "--data-dir", str(tmp_path / "none"), "--resolution", "256"],
+                         str(tmp_path / "none")),
+    }
+
+
+@pytest.mark.parametrize("case", ["generate-non-utf8", "generate-json", "notebook-profile", "toy-lr", "coco-missing"])
+def test_cli_user_error_is_one_line_with_exit_code_2(tmp_path, case):
+    args, message = _bad_inputs(tmp_path)[case]
+    run = _cli(tmp_path, *args)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(("error: ", "python -m ditguide.coco: error: ")), run.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    args, _ = _bad_inputs(tmp_path)["toy-lr"]
+    run = _cli(tmp_path, *args, "--debug")
+    assert run.returncode != 0 and "Traceback (most recent call last)" in run.stderr
+
+
+# ---- parameters that once passed silently ---------------------------------------------------------
+
+
+def test_preset_blocks_given_as_one_string_is_one_block():
+    from ditguide.guidance import GuidanceSpecError, preset
+
+    spec = preset("slg", blocks="single:1")
+    (edit,) = spec["branches"]["skip"]["edits"]["edits"]
+    assert edit["blocks"] == ["single:1"]  # once ['s', 'i', 'n', ...]
+    with pytest.raises(GuidanceSpecError, match="must be a block or a list of blocks"):
+        preset("slg", blocks={"single": 1})
