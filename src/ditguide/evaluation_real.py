@@ -36,7 +36,7 @@ import numpy as np
 
 from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile
 from .render import PipelineRenderer, guidance_spec
-from .style import latex_table
+from .style import latex_table, write_text
 
 BASELINE, NONE = "baseline", "none"
 LIBRARIES = ("ditguide", "torch", "diffusers", "transformers", "clean-fid", "open_clip_torch")
@@ -317,7 +317,7 @@ def evaluate_t2i_real(
         scores = evaluate(Samples.from_dir(folder, n), [fid, clip])
         full = {k: v.as_dict() for k, v in scores.items()}
         # Per-sample scores (paired tests, CIs) stay beside the samples; the summary stays small.
-        (folder / f"scores-{split}-{resolution}-n{n}.json").write_text(json.dumps(full, indent=1, default=float))
+        write_text(folder / f"scores-{split}-{resolution}-n{n}.json", json.dumps(full, indent=1, default=float))
         clip_details = {k: v for k, v in scores["clip_sim"].details.items() if k != "per_sample"}
         entry = {"fid": scores["fid"].value, "clip_sim": scores["clip_sim"].value, "clip_sim_ci95": clip_details["ci95"],
                  "n": scores["fid"].n, **method_entry(method, renderer, renderer.nfe_per_step(prompts[0]), folder),
@@ -622,8 +622,6 @@ def _run_cli(args) -> int:
     if result is not None:
         text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
         if args.out:
-            from .style import write_text
-
             write_text(args.out, text)
         print(text)
         folders = ", ".join(f"{m}: {d}" for m, d in result.run_dirs.items())
