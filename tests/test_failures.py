@@ -266,3 +266,19 @@ def test_preset_blocks_given_as_one_string_is_one_block():
     assert edit["blocks"] == ["single:1"]  # once ['s', 'i', 'n', ...]
     with pytest.raises(GuidanceSpecError, match="must be a block or a list of blocks"):
         preset("slg", blocks={"single": 1})
+
+
+@pytest.mark.slow  # three CLI runs that each load torch and the toy pipeline: ~45 s on 2 busy cores
+def test_generate_cli_reports_a_corrupt_sample_in_one_line_and_repairs_it(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit one\na handwritten digit two\n")
+    params = _toy_params(tmp_path, {})
+    args = ["ditguide.generate", "--profile", "toy", "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+            "--params", str(params), "--no-progress"]
+    assert _cli(tmp_path, *args).returncode == 0
+    (tmp_path / "o" / "samples" / "00001.png").write_bytes(b"")
+    run = _cli(tmp_path, *args)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error") or "Traceback" in line]
+    assert run.returncode == 2 and len(errors) == 1 and "1 corrupt (indices 1" in errors[0] and "--repair" in errors[0]
+    run = _cli(tmp_path, *args, "--repair")
+    assert run.returncode == 0 and "1 rendered (1 damaged files rendered again), 1 reused" in run.stdout

@@ -279,7 +279,8 @@ def evaluate_t2i_real(
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.family == "toy":
-        raise ConfigError(f"profile {profile!r} is the toy: use ditguide.evaluation.evaluate_t2i_toy")
+        raise ConfigError(f"profile {profile!r} is a toy-family profile: evaluate it with `dvc repro evaluate_t2i` (notebook 03; "
+                          "Python: ditguide.evaluation.evaluate_t2i_toy)")
     if prof.kind != "image":
         raise ConfigError(f"profile {profile!r} makes {prof.kind}s: text-to-image needs an image profile (see evaluate_t2v)")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 2):

@@ -729,4 +729,8 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module rather than this __main__ copy: its exception classes are the ones the
+    # CLI error handler (ditguide.cli) recognises.
+    from ditguide.generate import main as _main
+
+    sys.exit(_main())
