@@ -77,3 +77,16 @@ def table(metrics: dict) -> str:
                  f"(mean ± standard error over seed sets), {metrics['steps']} Euler steps. AG: trained weak twin, "
                  f"$w={metrics['twin_scale']:g}$ (untuned)."),
         label=f"tab:testbed_{metrics['profile']}")
+
+
+def markdown_table(metrics: dict) -> str:
+    """The README's table of the regime run (mean ± standard error over seed sets), from the metrics."""
+    keys = ("fd", "all", "digit", "colour", "relation", "precision", "recall")
+    lines = ["| method | NFE/step | FD ↓ | all correct ↑ | digit | colour | relation | precision | recall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in [*metrics["methods"].items(), ("real renders (floor)", {**metrics["floor"], "nfe_per_step": None})]:
+        cost = "–" if m["nfe_per_step"] is None else f"{m['nfe_per_step']:.2f}"
+        fd = f"{m['fd']:.0f} ± {m['fd_se']:.0f}"
+        rest = " | ".join(f"{m[k]:.3f} ± {m[k + '_se']:.3f}" for k in keys[1:])
+        lines.append(f"| {name} | {cost} | {fd} | {rest} |")
+    return "\n".join(lines) + "\n"
