@@ -274,3 +274,22 @@ def test_per_object_accuracy_counts_each_object():
     a = sm.alignment(read, ["red three left of purple seven"] * 2 + ["orange four"])
     assert a["digit"].tolist() == [1.0, 0.5, 1.0] and a["colour"].tolist() == [1.0, 1.0, 1.0]
     assert a["all"].tolist() == [True, False, True] and a["relation"].tolist() == [True, True, True]
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("train_scenes:\n  lr: 1e-4\n", r"train_scenes.lr='1e-4' is out of range"),  # YAML reads 1e-4 as a string
+    ("train_scenes:\n  stepz: 5\n", r"unknown parameter\(s\) \['stepz'\]"),
+    ("train_scenes_judge:\n  epochs: 0\n", r"train_scenes_judge.epochs=0 is out of range"),
+])
+def test_testbed_cli_refuses_bad_parameters_in_one_line_before_any_work(tmp_path, capsys, edit, match):
+    import re
+
+    from ditguide.testbeds.__main__ import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("profiles: {}\n" + edit)
+    what = "scenes-judge" if "judge" in edit else "scenes"
+    assert main([what, "--out", str(tmp_path / "out"), "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ..cli import add_debug_flag, run_reporting_user_errors
 from ..profiles import ConfigError, load_params
 
 
@@ -26,31 +27,19 @@ def _section(params: dict, name: str, allowed: set[str]) -> dict:
     return dict(section)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["scenes", "scenes-judge"])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--debug", action="store_true", help="show the traceback of a parameter error")
-    args = ap.parse_args(argv)
+def _run(args) -> int:
     start = time.time()
-    try:
-        params = load_params(args.params)
-        if args.what == "scenes":
-            from .train import ScenesTrainConfig, train_scenes
+    params = load_params(args.params)
+    # Every parameter is validated before anything is trained or written (outputs are replaced only
+    # at the very end, atomically).
+    if args.what == "scenes":
+        from .train import ScenesTrainConfig, train_scenes
 
-            # Validated before anything is written (outputs are replaced only at the very end).
-            cfg = ScenesTrainConfig(**_section(params, "train_scenes", set(ScenesTrainConfig.__dataclass_fields__)))
-        else:
-            from .judge import JudgeTrainConfig, train_and_save_judge
+        cfg = ScenesTrainConfig(**_section(params, "train_scenes", set(ScenesTrainConfig.__dataclass_fields__)))
+    else:
+        from .judge import JudgeTrainConfig, train_and_save_judge
 
-            jcfg = JudgeTrainConfig(**_section(params, "train_scenes_judge", set(JudgeTrainConfig.__dataclass_fields__)))
-    except (ConfigError, ValueError, TypeError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        jcfg = JudgeTrainConfig(**_section(params, "train_scenes_judge", set(JudgeTrainConfig.__dataclass_fields__)))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "scenes":
@@ -61,10 +50,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"final loss {s['final_loss_mean_last_100']:.4f}")
     else:
         report = train_and_save_judge(args.out, jcfg)
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report["accuracy_on_train_pool_renders"], indent=2))
         print(f"wrote {args.out} and its report")
     print(f"done in {time.time() - start:.0f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["scenes", "scenes-judge"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_debug_flag(ap)
+    args = ap.parse_args(argv)
+    return run_reporting_user_errors(lambda: _run(args), debug=args.debug, prog="ditguide.testbeds")
 
 
 if __name__ == "__main__":

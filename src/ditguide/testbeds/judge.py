@@ -79,6 +79,10 @@ class JudgeTrainConfig:
     noise: float = 0.08  # pixel noise augmentation (generated images are not clean renders)
 
     def __post_init__(self):
+        for name in self.__dataclass_fields__:  # types first: YAML reads 1e-4 as a string
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"train_scenes_judge.{name}={value!r} is out of range; allowed: a number")
         rules = {"seed": self.seed >= 0, "renders": self.renders >= 100, "epochs": self.epochs >= 1,
                  "batch_size": self.batch_size >= 1, "lr": 0 < self.lr < 1, "noise": 0 <= self.noise < 1}
         for name, ok in rules.items():

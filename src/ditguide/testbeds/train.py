@@ -55,6 +55,10 @@ class ScenesTrainConfig:
     shallow_single_layers: int = 3  # ... and single blocks
 
     def __post_init__(self):
+        for name in self.__dataclass_fields__:  # types first: YAML reads 1e-4 as a string
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"train_scenes.{name}={value!r} is out of range; allowed: a number")
         rules = {
             "steps": (self.steps >= 8, ">= 8"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
