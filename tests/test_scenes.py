@@ -97,7 +97,9 @@ def test_committed_judge_reads_renders_of_unseen_glyphs(judge):
     # The judge never saw the train pool's glyphs: this is its accuracy on new handwriting.
     acc = judge_accuracy(judge, "train", count=2000, seed=5)
     assert acc["layout"] == 1.0 and acc["colour0"] > 0.99 and acc["colour1"] > 0.99
-    assert acc["digit0"] >= 0.96 and acc["digit1"] >= 0.96
+    assert acc["digit0"] >= 0.97 and acc["digit1"] >= 0.97
+    # and on fresh renders of its own (held-out) glyph pool, which it was trained on
+    assert min(judge_accuracy(judge, "heldout", count=2000, seed=5).values()) >= 0.99
 
 
 def test_scene_metrics_on_real_renders_and_on_noise(judge):
