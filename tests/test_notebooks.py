@@ -17,7 +17,7 @@ TINY = {
     "00_testbed_t2i": {"per_set": 10, "seed_sets": 3, "cfg_scales": [3.0], "twins": {"twin_shallow": "data/scenes/twin_shallow"},
                        "batch_size": 16},
     # two blocks, one noise level, 3 seed sets of 3 captions; the committed testbed, twins and judge.
-    "01_layer_analysis": {"denoiser_samples": 4, "t_grid": [0.5], "per_set": 3, "seed_sets": 3, "edits": ["skip", "scale1.5"],
+    "01_layer_analysis": {"denoiser_samples": 4, "t_grid": [0.5], "per_set": 5, "seed_sets": 3, "edits": ["skip", "scale1.5"],
                           "window_edits": ["skip"], "scan_blocks": ["double:1", "single:4"],
                           "twins": {"twin_shallow": "data/scenes/twin_shallow"}},
     "03_evaluate_t2i": {"profile": "toy", "samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},

@@ -135,6 +135,8 @@ def test_precision_recall_definition():
     assert p == 1.0 and r < 0.1
     far = real + 100.0
     assert sm.precision_recall(real, far) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="needs more than 3 samples per set; got 3 generated"):
+        sm.precision_recall(real, real[:3])
 
 
 def test_metric_input_shape_is_checked(judge):

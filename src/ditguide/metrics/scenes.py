@@ -90,6 +90,9 @@ def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Kynkäänniemi et al. 2019: precision = share of fakes inside the real k-NN manifold; recall =
     share of reals inside the fake k-NN manifold."""
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} neighbours needs more than {k} samples per set; "
+                         f"got {len(fake)} generated and {len(real)} reference samples")
     real_r, fake_r = _knn_radii(real, k), _knn_radii(fake, k)
     d = _pairwise(fake, real)  # (fake, real)
     precision = float((d <= real_r[None, :]).any(1).mean())
