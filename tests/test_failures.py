@@ -101,16 +101,112 @@ def _toy_params(tmp_path: Path, guidance: dict) -> Path:
     return path
 
 
-def test_bad_block_address_leaves_no_files(tmp_path):
+def _no_weights(monkeypatch):
+    """Loading any pipeline or weights file fails the test: validation must come first."""
+    import safetensors.torch
+
+    import ditguide.profiles
+    import ditguide.render
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before validation")
+
+    for module, name in ((ditguide.render, "load_pipeline"), (ditguide.profiles, "load_pipeline"),
+                         (safetensors.torch, "load_file"), (safetensors.torch, "safe_open")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_bad_block_address_leaves_no_files(tmp_path, monkeypatch):
     from ditguide.generate import generate
+    from ditguide.profiles import ConfigError
     from ditguide.render import load_renderer
 
     params = _toy_params(tmp_path, {"far": {"preset": "slg", "blocks": ["single:9"]}})
-    renderer = load_renderer("toy", "far", params_path=params)
+    before = _files(tmp_path)
+    with monkeypatch.context() as m:
+        _no_weights(m)  # the toy's blocks are checked on its config.json, before its weights load
+        with pytest.raises(ConfigError, match=r"profiles.toy.guidance.far: .*single:9"):
+            load_renderer("toy", "far", params_path=params)
+    # A renderer given a pipeline (the Python API) still checks before writing anything.
+    renderer = load_renderer("toy", None, params_path=params)
+    renderer.guidance = load_renderer("toy", "far", params_path=params, pipe=renderer.pipe).guidance
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="single:9"):
         generate(renderer, ["a handwritten digit one"], out, progress=False)
-    assert not out.exists()
+    assert _files(tmp_path) == before
+
+
+# Tiny transformer configs of the real families, with the profile keys each needs and a block
+# address that exists in the tiny model and one that does not.
+REAL_FAMILIES = {
+    "flux": ({"kind": "image", "height": 16, "width": 16}, "single:1", "single:9"),
+    "cogview4": ({"kind": "image", "height": 16, "width": 16}, "blocks:1", "blocks:9"),
+    "wan": ({"kind": "video", "height": 32, "width": 32, "num_frames": 5, "fps": 8}, "blocks:1", "blocks:9"),
+}
+
+
+def _real_profile_without_weights(tmp_path: Path, family: str, blocks: list[str]) -> Path:
+    """params.yaml with a profile `real` of `family` whose model folder holds transformer/config.json
+    (a tiny config) and nothing else: no weights, no model_index.json, no text encoders."""
+    import json
+
+    from ditguide.families.tiny import TINY_CONFIGS, _model_class
+
+    model = tmp_path / f"{family}-model"
+    (model / "transformer").mkdir(parents=True)
+    config = {"_class_name": _model_class(family).__name__, **TINY_CONFIGS[family]}
+    (model / "transformer" / "config.json").write_text(json.dumps(config))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profiles"]["real"] = {"family": family, "model": str(model), "dtype": "float32", "steps": 4,
+                                  **REAL_FAMILIES[family][0], "guidance": {"far": {"preset": "slg", "blocks": blocks}}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("family", sorted(REAL_FAMILIES))
+def test_real_profile_bad_block_address_fails_on_the_config_without_weights(tmp_path, monkeypatch, family):
+    from ditguide.evaluation_real import evaluate_t2i_real, evaluate_t2v
+    from ditguide.notebook import stage_parameters
+    from ditguide.profiles import ConfigError, load_params, load_profile
+    from ditguide.render import check_against_config, guidance_spec, load_renderer
+
+    _, good, bad = REAL_FAMILIES[family]
+    params = _real_profile_without_weights(tmp_path, family, [bad])
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("*.bin"))
+    before = _files(tmp_path)
+    _no_weights(monkeypatch)
+    message = rf"profiles.real.guidance.far: .*{bad}.* out of range"
+    with pytest.raises(ConfigError, match=message):
+        load_renderer("real", "far", params_path=params)
+    with pytest.raises(ConfigError, match=message):  # the notebook runner, before the kernel starts
+        stage_parameters("evaluate_t2i", load_params(params), {"profile": "real"}, params_file=params)
+    with pytest.raises(ConfigError, match=message):  # before the COCO data, judges and VBench are looked at
+        if REAL_FAMILIES[family][0]["kind"] == "image":
+            evaluate_t2i_real("real", params=params, data_dir=tmp_path / "no-coco", runs_dir=tmp_path / "runs")
+        else:
+            evaluate_t2v("real", params=params, runs_dir=tmp_path / "runs", vbench_python=tmp_path / "no-vbench")
+    assert _files(tmp_path) == before  # nothing written, not even a manifest or a runs/ folder
+    # The same check passes an address the model has: it reads the blocks from the config.
+    ok = yaml.safe_load(_real_profile_without_weights(tmp_path / "ok", family, [good]).read_text())
+    prof = load_profile("real", ok)
+    check_against_config(prof, {"far": guidance_spec(prof, "far")})
+
+
+def test_generate_cli_refuses_a_bad_block_address_before_loading_weights(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    params = _real_profile_without_weights(tmp_path, "flux", ["single:9"])
+    run = _cli(tmp_path, "ditguide.generate", "--profile", "real", "--spec", "far", "--prompts", str(prompts),
+               "--out", str(tmp_path / "o"), "--params", str(params))
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "profiles.real.guidance.far" in lines[0] and "single:9" in lines[0], run.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_long_prompt_mid_list_fails_before_the_first_sample(tmp_path):
@@ -183,6 +279,64 @@ def test_repair_renders_corrupt_and_wrong_size_samples_again(tmp_path):
     assert len(verify(tmp_path)) == 3
 
 
+class _GreyVideoRenderer:
+    """Renders sample i as `frames` flat frames of grey level 40 (i + 1), 8 wide and 8 high."""
+
+    kind, fps, base_seed = "video", 8, 0
+
+    def __init__(self, frames=3, height=8, width=8):
+        self.shape = (frames, height, width, 3)
+        self.rendered: list[int] = []
+
+    def describe(self) -> dict:
+        return {"renderer": "grey-video", "num_frames": 3, "height": 8, "width": 8}
+
+    def render(self, prompts, indices):
+        self.rendered += list(indices)
+        return [np.full(self.shape, 40 * (i + 1), dtype=np.uint8) for i in indices]
+
+
+def test_verify_and_repair_catch_videos_of_the_wrong_length_or_size(tmp_path):
+    from ditguide.generate import IncompleteOutputError, _write_mp4, generate, verify
+
+    prompts = ["a", "b", "c", "d"]
+    generate(_GreyVideoRenderer(), prompts, tmp_path, samples_per_prompt=1, progress=False)
+    assert len(verify(tmp_path)) == 4
+    samples = tmp_path / "samples"
+    _write_mp4(samples / "a-0.mp4", np.zeros((5, 8, 8, 3), np.uint8), 8, 18)  # 5 frames, not 3
+    _write_mp4(samples / "b-0.mp4", np.zeros((3, 8, 16, 3), np.uint8), 8, 18)  # 16 wide, not 8
+    _write_mp4(samples / "c-0.mp4", np.zeros((3, 6, 8, 3), np.uint8), 8, 18)  # 6 high, not 8
+    with pytest.raises(IncompleteOutputError, match="--repair") as err:
+        verify(tmp_path)
+    assert set(err.value.corrupt) == {0, 1, 2}
+    assert err.value.corrupt[0] == "5 frames of 8x8 video, the run renders 3 frames of 8x8"
+    assert "16x8" in err.value.corrupt[1] and "8x6" in err.value.corrupt[2]
+    renderer = _GreyVideoRenderer()
+    summary = generate(renderer, prompts, tmp_path, samples_per_prompt=1, progress=False, repair=True)
+    assert (summary.repaired, summary.rendered, summary.skipped) == (3, 3, 1) and renderer.rendered == [0, 1, 2]
+    assert len(verify(tmp_path)) == 4
+
+
+def test_renderer_output_of_another_size_than_the_manifest_is_refused_before_saving(tmp_path):
+    from ditguide.generate import generate
+
+    with pytest.raises(ValueError, match="sample 0: 4 frames of 8x8, but the run records 3 frames of 8x8"):
+        generate(_GreyVideoRenderer(frames=4), ["a"], tmp_path, samples_per_prompt=1, progress=False)
+    assert not list((tmp_path / "samples").iterdir())
+    with pytest.raises(ValueError, match="sample 0: 12x8, but the run records 4x4"):
+        generate(type("Wide", (_GreyRenderer,), {"render": lambda self, p, i: [np.zeros((8, 12, 3), np.uint8)]})(),
+                 ["a"], tmp_path / "img", progress=False)
+
+
+def test_wan_profile_frame_count_is_one_wan_renders():
+    from ditguide.profiles import ConfigError, load_params, load_profile
+
+    params = load_params(REPO / "params.yaml")
+    params["profiles"]["tiny-wan"]["num_frames"] = 8
+    with pytest.raises(ConfigError, match=r"profiles.tiny-wan.num_frames=8 is not allowed; allowed: 4k \+ 1 frames"):
+        load_profile("tiny-wan", params)
+
+
 def test_damaged_manifest_names_the_file(tmp_path):
     from ditguide.generate import ManifestMismatchError, generate
 
@@ -247,6 +401,58 @@ def test_cli_user_error_is_one_line_with_exit_code_2(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith(("error: ", "python -m ditguide.coco: error: ")), run.stderr
     assert message in lines[0]
     assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+
+
+# Remedies only a Python caller can apply: a CLI user reading them has nothing to type.
+PYTHON_ONLY_REMEDY = r"\bpass `?\w+=|\bdelete_corrupt\b|\bevaluate_t2i_toy\b|repair=True|\bnames=|Python:"
+
+
+def test_error_messages_suggest_no_python_only_remedy():
+    """Every raise in src/ditguide: a message that names a Python argument or function as the fix
+    must also name the command-line flag (`--...`) that does the same."""
+    import ast
+    import re
+
+    offenders = []
+    for path in sorted((REPO / "src" / "ditguide").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                text = "".join(c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                if re.search(PYTHON_ONLY_REMEDY, text) and "--" not in text:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {text[:100]!r}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_incomplete_and_unnameable_outputs_name_the_cli_flags(tmp_path):
+    import re
+
+    from ditguide.generate import IncompleteOutputError, generate, plan_samples, verify
+
+    generate(_GreyRenderer(), ["a", "b"], tmp_path, progress=False)
+    (tmp_path / "samples" / "00001.png").write_bytes(b"")
+    with pytest.raises(IncompleteOutputError) as err:
+        verify(tmp_path)
+    assert "--repair" in str(err.value) and not re.search(PYTHON_ONLY_REMEDY, str(err.value))
+    for prompts in (["a cat / a dog"], ["x" * 300]):
+        with pytest.raises(ValueError, match="--names FILE"):
+            plan_samples(prompts, "video")
+    with pytest.raises(ValueError, match="--names FILE"):
+        plan_samples(["a", "a"], "image", names=["n", "n"])
+
+
+def test_generate_cli_names_flag(tmp_path, monkeypatch, capsys):
+    import ditguide.render
+    from ditguide import generate as gen
+
+    monkeypatch.setattr(ditguide.render, "load_renderer", lambda *a, **k: _GreyVideoRenderer())
+    (tmp_path / "prompts.txt").write_text("a cat / a dog\n")
+    (tmp_path / "names.txt").write_text("cat-dog-0\ncat-dog-1\n")
+    args = ["--profile", "tiny-wan", "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "o"),
+            "--samples-per-prompt", "2", "--no-progress"]
+    assert gen.main(args) == 2  # the prompt cannot be a VBench file name
+    assert "--names FILE" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert gen.main([*args, "--names", str(tmp_path / "names.txt")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o" / "samples").iterdir()) == ["cat-dog-0.mp4", "cat-dog-1.mp4"]
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):

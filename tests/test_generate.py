@@ -249,7 +249,7 @@ def test_cli_uses_load_renderer_and_verifies(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def fake_load_renderer(profile, spec, params_path="params.yaml", base_seed=0):
+    def fake_load_renderer(profile, spec, params_path="params.yaml", base_seed=0, prompts=()):
         calls.append((profile, spec, params_path))
         return NoiseRenderer()
 

@@ -426,6 +426,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
         path = cache_reference_features(
             reference_dir(args.data_dir, args.split, args.resolution),
+            resolution=args.resolution,
             device=args.device,
             batch_size=args.batch_size,
             num_workers=args.num_workers,

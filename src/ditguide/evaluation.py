@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .profiles import load_profile, load_pipeline
+from .profiles import ConfigError, load_pipeline, load_profile
 from .render import PipelineRenderer
 from .style import latex_table
 
@@ -58,14 +58,16 @@ def evaluate_t2i_toy(
     from .metrics import Samples
     from .metrics.toy import ToyJudgeMetric, load_judge
     from .profiles import load_params
-    from .render import guidance_spec
+    from .render import check_against_config, guidance_spec
     from .toy.data import prompt_for
     from .toy.evaluate import balanced_labels, heldout_reference, real_floor
 
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.family != "toy":
-        raise ValueError(f"evaluate_t2i_toy needs a toy profile; {profile!r} is family {prof.family!r}")
+        raise ConfigError(f"profile={profile!r} is not allowed here: it is family {prof.family!r}, and the evaluate_t2i "
+                          "stage evaluates toy-family profiles; list real T2I profiles in image_profiles (params.yaml) "
+                          "for the evaluate_t2i_real stage")
     if not (isinstance(samples_per_class, int) and samples_per_class >= 1):
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     for s in cfg_scales:
@@ -73,12 +75,14 @@ def evaluate_t2i_toy(
             raise ValueError(f"cfg_scales must be finite numbers >= 0, got {s!r}")
     specs = list(prof.extra.get("guidance") or {}) if specs is None else list(specs)
     guided = {name: guidance_spec(prof, name) for name in specs}  # validate every spec before sampling
-    judge = load_judge(judge_path)
-    pipe = load_pipeline(prof)
-    metric = ToyJudgeMetric(judge, heldout_reference(judge))
     count = 10 * samples_per_class
     labels = balanced_labels(count)
     prompts = [prompt_for(y) for y in labels]
+    # Every spec's blocks and the prompts against the model's config, before any weights load.
+    check_against_config(prof, guided, list(dict.fromkeys(prompts)))
+    judge = load_judge(judge_path)
+    pipe = load_pipeline(prof)
+    metric = ToyJudgeMetric(judge, heldout_reference(judge))
 
     renderers = {"none": PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed),
                  "cfg": PipelineRenderer(prof, pipe, base_seed=base_seed)}

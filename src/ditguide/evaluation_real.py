@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile
-from .render import PipelineRenderer, guidance_spec
+from .render import PipelineRenderer, check_against_config, guidance_spec
 from .style import latex_table, write_text
 
 BASELINE, NONE = "baseline", "none"
@@ -59,14 +59,15 @@ def _versions(names: Sequence[str]) -> dict[str, str | None]:
 
 
 def method_names(prof: Profile, specs: Sequence[str] | None) -> list[str]:
-    """["baseline", *specs] (specs default: every guidance spec of the profile), each validated."""
+    """["baseline", *specs] (specs default: every guidance spec of the profile), each validated: its
+    shape, and its block edits against the model's config (built on the meta device; no weights load)."""
     if isinstance(specs, str):
         raise ConfigError(f"specs must be a list of names, got the string {specs!r}")
     specs = list(prof.extra.get("guidance") or {}) if specs is None else list(specs)
     names = list(dict.fromkeys([BASELINE, *specs]))
-    for name in names:
-        if name not in (BASELINE, NONE):
-            guidance_spec(prof, name)  # ConfigError naming the allowed specs
+    # ConfigError naming the allowed specs
+    guided = {name: guidance_spec(prof, name) for name in names if name not in (BASELINE, NONE)}
+    check_against_config(prof, guided)
     return names
 
 
@@ -279,8 +280,8 @@ def evaluate_t2i_real(
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.family == "toy":
-        raise ConfigError(f"profile {profile!r} is a toy-family profile: evaluate it with `dvc repro evaluate_t2i` (notebook 03; "
-                          "Python: ditguide.evaluation.evaluate_t2i_toy)")
+        raise ConfigError(f"profile {profile!r} is a toy-family profile: evaluate it with `dvc repro evaluate_t2i` "
+                          "(notebook 03), not in image_profiles")
     if prof.kind != "image":
         raise ConfigError(f"profile {profile!r} makes {prof.kind}s: text-to-image needs an image profile (see evaluate_t2v)")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 2):

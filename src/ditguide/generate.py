@@ -133,6 +133,20 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
+def read_names(path: str | os.PathLike) -> list[str]:
+    """File names (without suffix) from a .txt file, one per line (blank lines ignored): `--names`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"names file not found: {path}")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"names file {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    if not names:
+        raise ValueError(f"names file {path} has no names")
+    return names
+
+
 def _read_prompt_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     keys = ("prompt", "caption", "prompt_en")
@@ -163,25 +177,29 @@ def _read_prompt_file(path: Path) -> list[str]:
     raise ValueError(f"prompts file {path}: suffix {suffix!r} not supported; allowed: .txt, .csv, .json")
 
 
+_RENAME_HINT = ("edit the prompt in the prompts file, or give every sample a file name with --names FILE "
+                "(python -m ditguide.generate; names= in Python) and evaluate in VBench's custom_input mode")
+
+
 def video_file_name(prompt: str, i: int) -> str:
     """VBench's file name for video i of `prompt`: `{prompt}-{i}.mp4`.
 
     VBench (standard mode) looks each prompt's videos up by exactly this name, so the prompt
     cannot be altered: a prompt that cannot be a file name (a '/', a NUL, '.'/'..', or longer
     than the filesystem allows) is an error. VBench's standard suite has none (its longest
-    name is 216 bytes); for custom prompts, pass `names=` and evaluate in VBench's
-    `custom_input` mode with the prompt map that `generate` writes.
+    name is 216 bytes); for custom prompts, give the samples other names (`--names FILE` on the
+    command line, `names=` in Python) and evaluate in VBench's `custom_input` mode with `prompt_map`.
     """
     name = f"{prompt}-{i}.mp4"
     if "/" in prompt or "\x00" in prompt or prompt in ("", ".", ".."):
         raise ValueError(
             f"prompt {prompt!r} cannot be a VBench file name (it contains '/' or NUL, or is empty); "
-            "pass names= to generate() and use VBench's custom_input mode"
+            f"{_RENAME_HINT}"
         )
     if len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
         raise ValueError(
             f"prompt {prompt[:60]!r}... gives a {len(name.encode())}-byte file name (max {MAX_FILE_NAME_BYTES}); "
-            "pass names= to generate() and use VBench's custom_input mode"
+            f"{_RENAME_HINT}"
         )
     return name
 
@@ -220,7 +238,7 @@ def plan_samples(
     if names is not None:
         names = list(names)
         if len(names) != n:
-            raise ValueError(f"names has {len(names)} entries, expected one per sample ({n})")
+            raise ValueError(f"names (--names) has {len(names)} entries, expected one per sample ({n})")
         for stem in names:
             if not stem or "/" in stem or "\x00" in stem or stem in (".", ".."):
                 raise ValueError(f"names entry {stem!r} cannot be a file name")
@@ -237,7 +255,7 @@ def plan_samples(
         if f in seen:
             raise ValueError(
                 f"samples {seen[f]} and {k} would both be written to {f!r} "
-                "(duplicate prompt? deduplicate the prompt list, or pass distinct names=)"
+                "(duplicate prompt? deduplicate the prompts file, or give distinct file names with --names FILE)"
             )
         seen[f] = k
     return [
@@ -382,12 +400,21 @@ def ensure_manifest(out_dir: Path, manifest: dict) -> None:
 # writing one output
 
 
-def _check_output(arr, kind: str, index: int) -> np.ndarray:
+def _check_output(arr, kind: str, index: int, expected: dict[str, int] | None = None) -> np.ndarray:
     arr = np.asarray(arr)
     want = "HxWx3" if kind == "image" else "TxHxWx3"
     ndim = 3 if kind == "image" else 4
     if arr.dtype != np.uint8 or arr.ndim != ndim or arr.shape[-1] != 3 or 0 in arr.shape:
         raise ValueError(f"renderer output for sample {index}: expected a {want} uint8 array, got {arr.dtype} {arr.shape}")
+    if expected is not None:
+        # The size the manifest records: a file of another size would be refused by verify afterwards.
+        frames = arr.shape[0] if kind == "video" else None
+        want_frames = expected.get("frames") if kind == "video" else None
+        got = (frames if want_frames is not None else None, arr.shape[-2], arr.shape[-3])
+        if got != (want_frames, expected["width"], expected["height"]):
+            raise ValueError(f"renderer output for sample {index}: {_size_text(frames, arr.shape[-2], arr.shape[-3])}, "
+                             f"but the run records {_size_text(want_frames, expected['width'], expected['height'])} "
+                             "(the profile's num_frames/height/width)")
     if kind == "video" and (arr.shape[1] % 2 or arr.shape[2] % 2):
         # yuv420p (what players and VBench's decoders expect) needs even sizes; refuse rather than resize.
         raise ValueError(f"renderer output for sample {index}: video height and width must be even, got {arr.shape[1:3]}")
@@ -543,7 +570,8 @@ def generate(
         ensure_manifest(out_dir, manifest)  # a process whose software differs from the main one's fails here
 
     mine = [s for s in todo if s.index % world == rank]
-    repaired = _delete_damaged(mine, samples_dir, kind, _image_size(manifest)) if repair else {}
+    expected = _expected_size(manifest)
+    repaired = _delete_damaged(mine, samples_dir, kind, expected) if repair else {}
     pending = [s for s in mine if not (samples_dir / s.file).exists()]
     from tqdm.auto import tqdm
 
@@ -562,7 +590,8 @@ def generate(
             if len(outputs) != len(batch):
                 raise ValueError(f"renderer returned {len(outputs)} outputs for {len(batch)} prompts")
             for sample, output in zip(batch, outputs):
-                _save(sample, _check_output(output, kind, sample.index), kind, samples_dir, partial_dir, fps, video_crf)
+                output = _check_output(output, kind, sample.index, expected)
+                _save(sample, output, kind, samples_dir, partial_dir, fps, video_crf)
                 bar.update(1)
     finally:
         bar.close()
@@ -570,49 +599,69 @@ def generate(
                              skipped=len(mine) - len(pending), repaired=len(repaired))
 
 
-def _delete_damaged(samples: Sequence[Sample], samples_dir: Path, kind: str, size: tuple[int, int] | None) -> dict[int, str]:
+def _delete_damaged(samples: Sequence[Sample], samples_dir: Path, kind: str, expected: dict | None) -> dict[int, str]:
     """Delete the files of `samples` that exist but do not decode (or have the wrong size); {index: why}."""
     damaged = {}
     for s in samples:
         path = samples_dir / s.file
-        why = _decode_error(path, kind, size) if path.is_file() else None
+        why = _decode_error(path, kind, expected) if path.is_file() else None
         if why is not None:
             path.unlink()
             damaged[s.index] = why
     return damaged
 
 
-def _image_size(manifest: dict) -> tuple[int, int] | None:
-    """(width, height) every image of the run must have, from the renderer's description (None: unknown, or videos)."""
+def _expected_size(manifest: dict) -> dict[str, int] | None:
+    """{"width", "height"} every output of the run must have, and "frames" for videos where the renderer's
+    description records num_frames; None where it records no size (a custom renderer)."""
     r = manifest.get("renderer") or {}
-    w, h = r.get("width"), r.get("height")
-    return (w, h) if manifest.get("kind") == "image" and isinstance(w, int) and isinstance(h, int) else None
+    w, h, t = r.get("width"), r.get("height"), r.get("num_frames")
+    if not (isinstance(w, int) and isinstance(h, int)):
+        return None
+    size = {"width": w, "height": h}
+    if manifest.get("kind") == "video" and isinstance(t, int):
+        size["frames"] = t
+    return size
+
+
+def _size_text(frames: int | None, width: int, height: int) -> str:
+    return f"{frames} frames of {width}x{height}" if frames is not None else f"{width}x{height}"
 
 
 # ----------------------------------------------------------------------------------------------
 # checking a finished folder
 
 
-def _decode_error(path: Path, kind: str, size: tuple[int, int] | None = None) -> str | None:
-    """None if the file decodes (and an image has `size` = (width, height) when given), else why not."""
+def _decode_error(path: Path, kind: str, expected: dict[str, int] | None = None) -> str | None:
+    """None if the file decodes and has the `expected` size ({"width", "height"[, "frames"]}, when
+    given), else why not."""
     try:
         if kind == "image":
             from PIL import Image
 
             with Image.open(path) as im:
                 im.load()
-                if im.size[0] == 0 or im.size[1] == 0:
-                    return "empty image"
-                if size is not None and tuple(im.size) != tuple(size):
-                    return f"{im.size[0]}x{im.size[1]} image, the run renders {size[0]}x{size[1]}"
+                (width, height), frames = im.size, None
+            if width == 0 or height == 0:
+                return "empty image"
         else:
             import imageio_ffmpeg
 
+            reader = imageio_ffmpeg.read_frames(str(path))
+            try:
+                width, height = next(reader)["size"]
+            finally:
+                reader.close()
             frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
             if frames < 1:
                 return "no frames"
     except Exception as e:  # any decoder failure means the file is unusable
         return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:200]
+    if expected is not None:
+        want_frames = expected.get("frames") if frames is not None else None
+        if (width, height, frames if want_frames is not None else None) != (expected["width"], expected["height"], want_frames):
+            return (f"{_size_text(frames, width, height)} {kind}, the run renders "
+                    f"{_size_text(want_frames, expected['width'], expected['height'])}")
     return None
 
 
@@ -631,7 +680,7 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
     if not isinstance(n, int) or not 0 <= n <= len(plan):
         raise ValueError(f"n must be an integer in 0..{len(plan)} (the run's plan), got {n!r}")
     samples_dir = out_dir / SAMPLES_DIRNAME
-    size = _image_size(manifest)
+    expected = _expected_size(manifest)
     paths, missing, corrupt = [], [], {}
     for s in plan[:n]:
         path = samples_dir / s["file"]
@@ -639,7 +688,7 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
         if not path.is_file():
             missing.append(s["index"])
             continue
-        why = _decode_error(path, manifest["kind"], size)
+        why = _decode_error(path, manifest["kind"], expected)
         if why is not None:
             corrupt[s["index"]] = why
             if delete_corrupt:
@@ -654,7 +703,7 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
         raise IncompleteOutputError(
             f"{out_dir}: of samples 0..{n - 1}, " + " and ".join(parts) + ". Rerun the same generate command to render them"
             + ("" if delete_corrupt or not corrupt else " with --repair (python -m ditguide.generate), which renders the corrupt "
-               "files again (Python: generate(..., repair=True))")
+               "files again; or delete them, and a rerun of the command that made them (dvc repro) renders them")
             + ".",
             missing,
             corrupt,
@@ -690,6 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="render only the first N samples of the plan")
     parser.add_argument("--base-seed", type=int, default=None, help="default: the renderer's base seed")
     parser.add_argument("--samples-per-prompt", type=int, default=None, help="default: 1 for images, 5 for videos (VBench)")
+    parser.add_argument("--names", default=None,
+                        help="a .txt file of file names (without suffix), one per sample in plan order (default: "
+                             "00000.png, ... for images, VBench's {prompt}-{i}.mp4 for videos)")
     parser.add_argument("--video-crf", type=int, default=DEFAULT_VIDEO_CRF)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--repair", action="store_true",
@@ -709,12 +761,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_cli(args: argparse.Namespace) -> int:
     # Cheap checks first: a bad prompt file or option fails before any weights load.
     prompts = read_prompts(args.prompts)
+    names = None if args.names is None else read_names(args.names)
+    from .profiles import load_params, load_profile
     from .render import load_renderer  # lazy: pulls in diffusers and the model family
 
+    # The file names (VBench's `{prompt}-{i}.mp4` must be a valid name) before anything loads.
+    plan_samples(prompts, load_profile(args.profile, load_params(args.params)).kind,
+                 samples_per_prompt=args.samples_per_prompt, base_seed=args.base_seed or 0, names=names)
     state = _default_state()
-    renderer = load_renderer(args.profile, args.spec, params_path=args.params, base_seed=args.base_seed or 0)
+    # The spec and the prompts are checked against the model's config before its weights load.
+    renderer = load_renderer(args.profile, args.spec, params_path=args.params, base_seed=args.base_seed or 0,
+                             prompts=list(dict.fromkeys(prompts)))
     summary = generate(
-        renderer, prompts, args.out, batch_size=args.batch_size, base_seed=args.base_seed,
+        renderer, prompts, args.out, batch_size=args.batch_size, base_seed=args.base_seed, names=names,
         samples_per_prompt=args.samples_per_prompt, limit=args.limit, video_crf=args.video_crf, state=state,
         progress=not args.no_progress, repair=args.repair,
     )

@@ -69,10 +69,10 @@ def check_profile_specs(profile: str | None, params: dict, specs: Any = None) ->
         raise ConfigError(f"specs={specs!r} is not allowed; allowed: null (every spec of the profile) or a list of names")
     names = list(prof.extra.get("guidance") or {}) if specs is None else [s for s in specs if s not in ("baseline", "none")]
     if names:
-        from .render import guidance_spec  # imports torch: only when there is a spec to check
+        from .render import check_against_config, guidance_spec  # imports torch: only when there is a spec to check
 
-        for name in names:
-            guidance_spec(prof, name)
+        # Each spec's shape, then its block edits against the model's config (meta device, no weights).
+        check_against_config(prof, {name: guidance_spec(prof, name) for name in names})
 
 
 def _check_declared(notebook_path: Path, source: Path, parameters: dict[str, Any]) -> None:

@@ -119,6 +119,10 @@ def load_profile(name: str | None = None, params: dict | str | os.PathLike = DEF
             _check(_finite_nonneg(raw[key]), f"{where}.{key}", raw[key], "a finite number >= 0")
     if raw["kind"] == "video":
         _check(raw.get("num_frames") is not None, f"{where}.num_frames", None, "an integer >= 1 (required for video)")
+    if raw["family"] == "wan" and raw.get("num_frames") is not None:
+        # WanPipeline rounds other counts (its VAE compresses 4 frames into one): the videos would not
+        # have the frame count the manifest records.
+        _check(raw["num_frames"] % 4 == 1, f"{where}.num_frames", raw["num_frames"], "4k + 1 frames (5, 9, ..., 81)")
     _check(isinstance(raw.get("prompt_extension", False), bool), f"{where}.prompt_extension", raw.get("prompt_extension"), "true or false")
     _check(isinstance(raw.get("negative_prompt", ""), str), f"{where}.negative_prompt", raw.get("negative_prompt"), "a string")
     _check(isinstance(raw["model"], str) and raw["model"].strip() != "", f"{where}.model", raw["model"], "a folder or a model-hub id")
@@ -166,6 +170,12 @@ def check_trained_size(profile: Profile, model_dir: Path) -> None:
                           f"allowed: {size}x{size}, the size {model_dir} was trained at")
 
 
+def download_hint(profile: Profile) -> str:
+    """How a user gets a hub model's files onto this machine."""
+    return (f"Download it on a machine with internet: `hf download {profile.model}` "
+            "(FLUX.1-dev needs its licence accepted and HF_TOKEN set), then copy the hub cache (~/.cache/huggingface) here.")
+
+
 def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike = "."):
     """Load the profile's diffusers pipeline. Real profiles need the weights in the hub cache."""
     import torch
@@ -176,6 +186,8 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
 
         model_dir = resolve_local_model(profile, root)
         check_trained_size(profile, model_dir)
+        if profile.kind == "video":  # the T2V testbed: a small Wan transformer (a WanPipeline subclass)
+            from .toy.video_pipeline import ToyVideoPipeline as ToyPipeline
         pipe = ToyPipeline.from_pretrained(model_dir, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
@@ -205,8 +217,7 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"profiles.{profile.name}.model: could not load {profile.model!r} ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            f"Download it on a machine with internet: `hf download {profile.model}` "
-            "(FLUX.1-dev needs its licence accepted and HF_TOKEN set), then copy the hub cache (~/.cache/huggingface) here."
+            + download_hint(profile)
         ) from err
     if profile.family == "wan" and profile.flow_shift is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=profile.flow_shift)

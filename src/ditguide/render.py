@@ -8,6 +8,7 @@ only on (base_seed, i), so an image is the same whatever batch it is rendered in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -176,12 +177,78 @@ def guidance_spec(profile: Profile, name: str):
         raise ConfigError(f"{where}: {err}") from None
 
 
+# The transformer class of each family's pipeline (its `transformer` component).
+TRANSFORMER_CLASSES = {"toy": "FluxTransformer2DModel", "flux": "FluxTransformer2DModel",
+                       "cogview4": "CogView4Transformer2DModel", "wan": "WanTransformer3DModel",
+                       "sd3": "SD3Transformer2DModel"}
+
+
+def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(transformer, prompt encoder or None) of the profile, built on the meta device from their config.json.
+
+    They have the blocks, sub-modules and prompt limits of the real model, and no weights: nothing is
+    read but the config files (for a model-hub id, `transformer/config.json` from the hub cache, or
+    downloaded alone), and nothing is allocated. Only the toy family has a prompt encoder with limits
+    (its vocabulary and length); the real pipelines' tokenizers truncate long prompts themselves.
+    """
+    import diffusers
+
+    from .profiles import check_trained_size, download_hint, resolve_local_model
+
+    cls = getattr(diffusers, TRANSFORMER_CLASSES[profile.family])
+    if profile.is_local:
+        model_dir = resolve_local_model(profile, root)
+        check_trained_size(profile, model_dir)
+        source = str(model_dir)
+    else:
+        source = profile.model
+    try:
+        config = cls.load_config(source, subfolder="transformer")
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"profiles.{profile.name}.model: no transformer config for {profile.model!r} "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}). "
+            + download_hint(profile)) from None
+    with torch.device("meta"):
+        transformer = cls.from_config(config)
+    encoder = None
+    if profile.is_local and (Path(source) / "prompt_encoder" / "config.json").is_file():
+        from .toy.prompt_encoder import ToyPromptEncoder
+
+        with torch.device("meta"):
+            encoder = ToyPromptEncoder.from_config(ToyPromptEncoder.load_config(source, subfolder="prompt_encoder"))
+    return transformer, encoder
+
+
+def check_against_config(profile: Profile, specs: dict | None = None, prompts: Sequence[str] = (), root=".") -> None:
+    """Raise now, before any weights load or any file is written, if the profile's model cannot run
+    `specs` ({name: GuidanceSpec}: block addresses, block lists, sub-modules of each edit) or render
+    `prompts` (the toy's vocabulary and length). Checked on `model_skeleton`: only config files are read.
+
+    `tiny:` test profiles are built in code with no weights to load; `PipelineRenderer.validate`
+    checks them on the built model, still before any file is written."""
+    if profile.model.startswith("tiny:") or (not specs and not (prompts and profile.is_local)):
+        return  # nothing to check: only the toy's prompt encoder limits prompts
+    from .denoiser import GuidedDenoiser
+
+    transformer, encoder = model_skeleton(profile, root)
+    for name, spec in (specs or {}).items():
+        try:
+            # Compiles every branch's edits against the skeleton; the clock is never read at compile time.
+            GuidedDenoiser(transformer, spec, clock=lambda: None)
+        except ValueError as err:
+            raise ConfigError(f"profiles.{profile.name}.guidance.{name}: {err}") from None
+    if encoder is not None and prompts:
+        encoder.tokenize(list(prompts))
+
+
 def load_renderer(profile: str | None = None, spec: str | None = None, params_path="params.yaml", *,
-                  device: str | None = None, base_seed: int = 0, pipe=None) -> PipelineRenderer:
+                  device: str | None = None, base_seed: int = 0, pipe=None, prompts: Sequence[str] = ()) -> PipelineRenderer:
     """The renderer `python -m ditguide.generate` uses.
 
     spec: None or "baseline" = the profile's default sampling (its own CFG at cfg_scale); "none" =
-    no guidance; any other name = a guidance spec of the profile (validated before loading weights).
+    no guidance; any other name = a guidance spec of the profile. The spec (block addresses) and
+    `prompts` are checked against the model's config before its weights load (`check_against_config`).
     """
     params = load_params(params_path) if not isinstance(params_path, dict) else params_path
     prof = load_profile(profile, params)
@@ -191,8 +258,7 @@ def load_renderer(profile: str | None = None, spec: str | None = None, params_pa
     elif spec not in (None, "baseline"):
         guidance = guidance_spec(prof, spec)
     if pipe is None:
-        import torch
-
+        check_against_config(prof, {spec: guidance} if guidance is not None else {}, prompts)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         pipe = load_pipeline(prof, device=device)
     # The guided denoiser validates the spec's block edits against this model before sampling.

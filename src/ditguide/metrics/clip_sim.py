@@ -96,7 +96,7 @@ class ClipSim:
                 f"downloaded: {e}\nOn a machine with internet run: python -c \"import open_clip; "
                 f"open_clip.create_model_and_transforms('{self.model_name}', pretrained='{self.pretrained}'"
                 + (f", cache_dir='{self.cache_dir}'" if self.cache_dir else "")
-                + f")\" (hub repo {hub or 'n/a'}) and copy the cache here, or pass pretrained=<path to open_clip_pytorch_model.bin>."
+                + f")\" (hub repo {hub or 'n/a'}) and copy the cache here."
             ) from e
         model.eval()
         # The model's own context length: model_kwargs may override the config's.

@@ -172,7 +172,8 @@ def _reference_resolution(reference_dir: Path, resolution: int | None) -> int:
             raise ValueError(f"resolution={resolution} but the reference images in {reference_dir} are {recorded}x{recorded}")
         return recorded
     if resolution is None:
-        raise ValueError(f"{reference_dir} has no meta.json: pass resolution= (the reference images' size)")
+        raise ValueError(f"{reference_dir} has no meta.json, so the size of its images is unknown: prepare it with "
+                         "`python -m ditguide.coco reference --resolution N` (data/README.md)")
     return int(resolution)
 
 
