@@ -195,7 +195,10 @@ def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.n
 
     from .profiles import check_trained_size, download_hint, resolve_local_model
 
-    cls = getattr(diffusers, TRANSFORMER_CLASSES[profile.family])
+    name = TRANSFORMER_CLASSES[profile.family]
+    if profile.is_local and profile.kind == "video":
+        name = "WanTransformer3DModel"  # the T2V testbed's ToyVideoPipeline (a WanPipeline)
+    cls = getattr(diffusers, name)
     if profile.is_local:
         model_dir = resolve_local_model(profile, root)
         check_trained_size(profile, model_dir)
@@ -212,11 +215,13 @@ def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.n
     with torch.device("meta"):
         transformer = cls.from_config(config)
     encoder = None
-    if profile.is_local and (Path(source) / "prompt_encoder" / "config.json").is_file():
+    # the toy's prompt encoder: `prompt_encoder` of a ToyPipeline, `text_encoder` of a ToyVideoPipeline
+    sub = next((s for s in ("prompt_encoder", "text_encoder") if (Path(source) / s / "config.json").is_file()), None)
+    if profile.is_local and sub is not None:
         from .toy.prompt_encoder import ToyPromptEncoder
 
         with torch.device("meta"):
-            encoder = ToyPromptEncoder.from_config(ToyPromptEncoder.load_config(source, subfolder="prompt_encoder"))
+            encoder = ToyPromptEncoder.from_config(ToyPromptEncoder.load_config(source, subfolder=sub))
     return transformer, encoder
 
 

@@ -2,6 +2,7 @@
 
     python -m ditguide.testbeds scenes --out data/scenes          # model + twin_early + twin_shallow
     python -m ditguide.testbeds scenes-judge --out data/scenes/judge.safetensors
+    python -m ditguide.testbeds clips --out data/clips               # T2V testbed: model + twin_early
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def _run(args) -> int:
         from .train import ScenesTrainConfig, train_scenes
 
         cfg = ScenesTrainConfig(**_section(params, "train_scenes", set(ScenesTrainConfig.__dataclass_fields__)))
+    elif args.what == "clips":
+        from .train_t2v import ClipsTrainConfig, train_clips
+
+        ccfg = ClipsTrainConfig(**_section(params, "train_toy_t2v", set(ClipsTrainConfig.__dataclass_fields__)))
     else:
         from .judge import JudgeTrainConfig, train_and_save_judge
 
@@ -45,6 +50,12 @@ def _run(args) -> int:
     if args.what == "scenes":
         summary = train_scenes(args.out, cfg)
         for name in ("model", "twin_early", "twin_shallow"):
+            s = summary[name]
+            print(f"{args.out}/{name}: {s['parameters']:,} parameters, {s['steps_trained']} steps, "
+                  f"final loss {s['final_loss_mean_last_100']:.4f}")
+    elif args.what == "clips":
+        summary = train_clips(args.out, ccfg)
+        for name in ("model", "twin_early"):
             s = summary[name]
             print(f"{args.out}/{name}: {s['parameters']:,} parameters, {s['steps_trained']} steps, "
                   f"final loss {s['final_loss_mean_last_100']:.4f}")
@@ -58,7 +69,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["scenes", "scenes-judge"])
+    ap.add_argument("what", choices=["scenes", "scenes-judge", "clips"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
