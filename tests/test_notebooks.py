@@ -20,6 +20,12 @@ TINY = {
     "01_layer_analysis": {"denoiser_samples": 4, "t_grid": [0.5], "per_set": 5, "seed_sets": 3, "edits": ["skip", "scale1.5"],
                           "window_edits": ["skip"], "scan_blocks": ["double:1", "single:4"],
                           "twins": {"twin_shallow": "data/scenes/twin_shallow"}},
+    # every family with one configuration, 3 seed sets of 10 captions, 3 sampling steps, no timing.
+    "02_guidance_design": {"dev": {"split": "dev", "per_set": 10, "seed_sets": 3, "base_seed": 1000},
+                           "test": {"split": "test", "per_set": 10, "seed_sets": 3, "base_seed": 0},
+                           "budget": {"configs": 1, "keep": 1, "seed": 0}, "weak_candidates": 1, "strong_candidates": 1,
+                           "grid": {k: [v[-1]] for k, v in load_params(REPO / "params.yaml")["guidance_design"]["grid"].items()},
+                           "twins": {"twin_shallow": "data/scenes/twin_shallow"}, "steps": 3, "timing": False},
     "03_evaluate_t2i": {"profile": "toy", "samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},
     # tiny-wan: random weights; 2 prompts x 2 seeds, VBench's weight-free dimension only, on the CPU.
     "04_evaluate_t2v": {"profile": "tiny-wan", "dimensions": ["temporal_flickering"], "limit": 2, "samples_per_prompt": 2,
@@ -32,6 +38,10 @@ EXPECTED = {
                           "figures/layer_map_{profile}_windows.pdf", "figures/layer_map_{profile}_alignment.pdf"],
     "00_testbed_t2i": ["metrics/testbed_{profile}.json", "figures/testbed_{profile}_ucurve.pdf",
                        "figures/testbed_{profile}_samples.pdf", "paper/tables/testbed_{profile}.tex"],
+    "02_guidance_design": ["data/guidance/{profile}/selected.json", "data/guidance/{profile}/search.json",
+                           "metrics/guidance_{profile}.json", "figures/guidance_{profile}_pareto.pdf",
+                           "figures/guidance_{profile}_compute.pdf", "figures/guidance_{profile}_samples.pdf",
+                           "paper/tables/guidance_{profile}.tex"],
     "03_evaluate_t2i": ["metrics/t2i_{profile}.json", "figures/t2i_{profile}_samples.pdf",
                         "figures/t2i_{profile}_tradeoff.pdf", "paper/tables/t2i_{profile}.tex"],
     "04_evaluate_t2v": ["metrics/t2v_{profile}.json", "figures/t2v_{profile}_frames.pdf", "figures/t2v_{profile}_dimensions.pdf",
@@ -65,6 +75,20 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
         assert len(scores["denoiser"]["alignment"]) == 2 * 2 + 1  # 2 edits x 2 blocks + the twin
         assert len(scores["generation"]["records"]) == 2 * 2 + 2 * 3  # all steps + skip in 3 windows
         assert {"weak", "strong", "twin_alignment"} <= set(scores["candidates"])
+    if stage == "guidance_design":
+        metrics = json.loads((tmp_path / f"metrics/guidance_{params['profile']}.json").read_text())
+        methods = metrics["test"]["methods"]
+        assert metrics["selected"] in methods and methods[metrics["selected"]]["family"] in ("ours", "ours_full")
+        assert {"none", "cfg@1.5"} <= set(methods) and {"ablation", "cfg_more_steps", "ag_twin"} <= {m["family"] for m in methods.values()}
+        for m in methods.values():
+            assert len(m["per_set"]) == 3 and m["fd"] > 0 and 0 <= m["all"] <= 1 and m["nfe_per_step"] > 0
+        for ref in ("cfg_default", "cfg_best"):
+            change = metrics["comparison"][ref]["changes"]["fd"]
+            assert change["lo"] <= change["rel"] <= change["hi"] and change["seed_sets"] == 3
+        selected = json.loads((tmp_path / f"data/guidance/{params['profile']}/selected.json").read_text())
+        from ditguide.guidance import GuidanceSpec
+
+        GuidanceSpec.from_dict(selected["spec"])
     if stage == "testbed_t2i":
         metrics = json.loads((tmp_path / f"metrics/testbed_{params['profile']}.json").read_text())
         assert set(metrics["methods"]) == {"none", "cfg@3", "ag_twin_shallow"}

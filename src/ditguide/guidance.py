@@ -698,8 +698,16 @@ def preset(
     norm_threshold, momentum, space; cfg_zero_star's zero_init_fraction; guidance_interval's
     sigma_data (the EDM data std its window is mapped with, see `edm_sigma_to_flow`).
     """
+    if isinstance(name, str) and name.startswith(SELECTED_PREFIX):
+        given = {k: v for k, v in (("scale", scale), ("cfg_scale", cfg_scale), ("blocks", blocks), ("interval", interval),
+                                   ("strong", strong), ("weak", weak)) if v is not None} | params
+        if given:
+            raise GuidanceSpecError(f"preset {name!r}: a selected preset takes no overrides (got {sorted(given)}); "
+                                    "it is used exactly as notebook 02 selected it")
+        return selected_preset(name[len(SELECTED_PREFIX):])
     if name not in PRESETS:
-        raise GuidanceSpecError(f"preset name = {name!r}: must be one of {sorted(PRESETS)}")
+        raise GuidanceSpecError(f"preset name = {name!r}: must be one of {sorted(PRESETS)} or "
+                                f"'{SELECTED_PREFIX}<profile>' (the preset notebook 02 selected)")
     d = copy.deepcopy(PRESETS[name])
     terms = d.get("terms", [])
     cfg_like = name in ("cfg", "cfg_zero_star", "apg", "guidance_interval", "slg_weak_negative")
@@ -733,6 +741,30 @@ def preset(
     _override_params(name, d, params, interval_given=interval is not None)
     if name == "strong_weak":
         _check_strengthening(d["branches"]["strong"]["edits"])
+    GuidanceSpec.from_dict(d)
+    return d
+
+
+SELECTED_PREFIX = "selected:"
+SELECTED_ROOT = "data/guidance"
+
+
+def selected_preset(profile: str, root: str | None = None) -> dict:
+    """The preset that the guidance design (notebook 02, stage guidance_design) selected on dev for
+    `profile`: `<root>/<profile>/selected.json` (root: data/guidance). Also reachable as
+    `preset("selected:<profile>")` and as `{preset: "selected:<profile>"}` in params.yaml."""
+    import json
+    from pathlib import Path
+
+    path = Path(SELECTED_ROOT if root is None else root) / str(profile) / "selected.json"
+    if not path.is_file():
+        raise GuidanceSpecError(f"preset '{SELECTED_PREFIX}{profile}': {path} does not exist; run the guidance_design "
+                                f"stage for profile {profile!r} (dvc repro guidance_design)")
+    try:
+        d = json.loads(path.read_text())["spec"]
+    except (ValueError, KeyError) as err:
+        raise GuidanceSpecError(f"preset '{SELECTED_PREFIX}{profile}': {path} is not a selected-preset file ({err})") from None
+    d = {**d, "name": f"selected_{profile}"}
     GuidanceSpec.from_dict(d)
     return d
 
