@@ -21,10 +21,9 @@ import pytest
 import torch
 import yaml
 
-from ditguide.edits import OPS, BlockEdit, EditError, EditSpec, apply_edits, attach_edits
+from ditguide.edits import OPS, BlockEdit, EditError, EditSpec, apply_edits, attach_edits, validate_edits
 from ditguide.families import get_family
 from ditguide.families.tiny import tiny_input_rows, tiny_inputs, tiny_transformer
-
 from helpers import model_of
 
 ALL = ["flux", "cogview4", "wan", "sd3", "toy"]
@@ -632,7 +631,7 @@ def test_upstream_hook_registry_remove_hook_drops_the_next_hooks_forward():
     model, inputs = tiny_transformer("flux"), tiny_inputs("flux", 3)
     only_second = run(model, inputs, "scale(2):single:0")
     first = attach_edits(model, "skip:single:0")
-    second = attach_edits(model, "scale(2):single:0")
+    attach_edits(model, "scale(2):single:0")
     HookRegistry.check_if_exists_or_initialize(model.single_transformer_blocks[0]).remove_hook(first.name, recurse=False)
     out = model(**inputs).sample
     assert not torch.equal(out, only_second)  # the bug: the scale edit vanished too
@@ -714,7 +713,7 @@ def test_invalid_edits_are_rejected_before_any_forward(family, kwargs, message):
     try:
         spec = EditSpec([BlockEdit(**kwargs)])
         with pytest.raises(EditError, match=message):
-            spec.validate(model)
+            validate_edits(spec, model)
         with pytest.raises(EditError, match=message):
             with apply_edits(model, EditSpec([BlockEdit("skip", [0]), BlockEdit(**kwargs)])):
                 model(**tiny_inputs(family, 1))
@@ -726,7 +725,7 @@ def test_invalid_edits_are_rejected_before_any_forward(family, kwargs, message):
 
 def test_unknown_model_class_is_an_edit_error():
     with pytest.raises(EditError, match=r"cannot edit this model: no family adapter for model class Linear"):
-        EditSpec.from_string("skip:0").validate(torch.nn.Linear(2, 2))
+        validate_edits(EditSpec.from_string("skip:0"), torch.nn.Linear(2, 2))
 
 
 def test_uncovered_processors_and_backends_are_refused():
@@ -739,13 +738,13 @@ def test_uncovered_processors_and_backends_are_refused():
     model.transformer_blocks[1].attn.set_processor(MyProcessor())
     for op in ("skip_attn", "identity_attn_all_tokens", "identity_attn_in_stream"):
         with pytest.raises(EditError, match=r"attention 'attn' uses processor MyProcessor, .*covered: \['FluxAttnProcessor'\]"):
-            EditSpec([BlockEdit(op, ["double:1"])]).validate(model)
-    EditSpec([BlockEdit("skip", ["double:1"]), BlockEdit("identity_attn_all_tokens", ["double:0"])]).validate(model)
+            validate_edits(EditSpec([BlockEdit(op, ["double:1"])]), model)
+    validate_edits(EditSpec([BlockEdit("skip", ["double:1"]), BlockEdit("identity_attn_all_tokens", ["double:0"])]), model)
 
     model.transformer_blocks[0].attn.processor._attention_backend = "flex"
     with pytest.raises(EditError, match=r"attention backend 'flex' of 'attn' does not call torch's scaled_dot_product"):
-        EditSpec.from_string("temperature(2):double:0").validate(model)
-    EditSpec.from_string("skip_attn:double:0").validate(model)  # zeroing outputs works on any backend
+        validate_edits(EditSpec.from_string("temperature(2):double:0"), model)
+    validate_edits(EditSpec.from_string("skip_attn:double:0"), model)  # zeroing outputs works on any backend
 
 
 def test_an_attention_edit_that_cannot_act_raises_at_run_time(monkeypatch):

@@ -250,7 +250,7 @@ def test_t2v_on_tiny_wan_through_vbench(tmp_path):
                           params=PARAMS, runs_dir=runs, device="cpu", vbench_device="cpu", timeout=300)
     methods = result.metrics["methods"]
     assert list(methods) == ["baseline", "stg"]
-    for name, m in methods.items():
+    for m in methods.values():
         videos = Path(m["run_dir"]) / gen.SAMPLES_DIRNAME
         assert sorted(p.name for p in videos.iterdir()) == sorted(f"{p}-{i}.mp4" for p in prompts for i in range(2))
         record = json.loads((Path(m["results_dir"]) / "temporal_flickering.json").read_text())

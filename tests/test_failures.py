@@ -197,6 +197,36 @@ def test_real_profile_bad_block_address_fails_on_the_config_without_weights(tmp_
     check_against_config(prof, {"far": guidance_spec(prof, "far")})
 
 
+def test_local_model_skeleton_takes_the_class_from_its_config_and_checks_prompts(tmp_path, monkeypatch):
+    """A local (toy-family) model of another transformer class, e.g. a Wan video testbed: the skeleton
+    is built from the config's `_class_name`, and its prompt encoder (any component name) checks words."""
+    import json
+
+    from ditguide.families.tiny import TINY_CONFIGS
+    from ditguide.guidance import GuidanceSpec, preset
+    from ditguide.profiles import ConfigError, Profile
+    from ditguide.render import check_against_config, model_skeleton
+
+    model = tmp_path / "video-model"
+    (model / "transformer").mkdir(parents=True)
+    (model / "text_encoder").mkdir()
+    (model / "transformer" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", **TINY_CONFIGS["wan"]}))
+    (model / "text_encoder" / "config.json").write_text(json.dumps({"_class_name": "ToyPromptEncoder", "max_length": 4}))
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "SomeVideoPipeline",
+                                                        "text_encoder": ["ditguide.toy.prompt_encoder", "ToyPromptEncoder"],
+                                                        "transformer": ["diffusers", "WanTransformer3DModel"]}))
+    prof = Profile(name="clip", family="toy", kind="video", model=str(model), height=16, width=16, num_frames=5)
+    _no_weights(monkeypatch)
+    transformer, encoder = model_skeleton(prof)
+    assert type(transformer).__name__ == "WanTransformer3DModel" and encoder.config.max_length == 4
+    assert next(transformer.parameters()).is_meta
+    check_against_config(prof, {"ok": GuidanceSpec.from_dict(preset("stg", blocks=["blocks:1"]))}, ["a one"])
+    with pytest.raises(ConfigError, match=r"profiles.clip.guidance.far: .*blocks:9"):
+        check_against_config(prof, {"far": GuidanceSpec.from_dict(preset("stg", blocks=["blocks:9"]))})
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        check_against_config(prof, {}, ["a purple one"])
+
+
 def test_generate_cli_refuses_a_bad_block_address_before_loading_weights(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\n")

@@ -13,7 +13,6 @@ import torch
 from ditguide.families import FAMILIES, FamilyError, batch_rows, get_family, run_block_on_rows
 from ditguide.families.base import active_rows, bind_block_arguments, block_forward_signature
 from ditguide.families.tiny import tiny_input_rows, tiny_inputs, tiny_transformer
-
 from helpers import model_of
 
 ALL = ["flux", "cogview4", "wan", "sd3", "toy"]
@@ -236,7 +235,7 @@ def test_tiny_models_are_deterministic_and_rows_differ(family):
     state = torch.random.get_rng_state()
     c = tiny_transformer(family, seed=2)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
-    for (name, p), q, r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, p), q, _r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(p, q), name
     assert any(not torch.equal(p, r) for p, r in zip(a.state_dict().values(), c.state_dict().values()))
     inputs = tiny_inputs(family, 3)

@@ -1,14 +1,14 @@
 """The embedded default: data, prompt encoder, pipeline, seeds, training, judge."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from ditguide.metrics.frechet import frechet_distance, gaussian_stats
-from ditguide.metrics.toy import ToyReference, judge_outputs, load_judge, save_judge, toy_metrics, train_judge
+from ditguide.metrics.toy import ToyReference, judge_outputs, toy_metrics
 from ditguide.toy.data import DIGIT_WORDS, load_split, prompt_for, to_unit
+from ditguide.toy.judge import load_judge, save_judge, train_judge
 from ditguide.toy.pipeline import image_ids, pack, unpack
 from ditguide.toy.prompt_encoder import ToyPromptEncoder
 

@@ -29,9 +29,6 @@ import json
 import os
 import shutil
 import sys
-import urllib.error
-import urllib.request
-import uuid
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from .cli import add_debug_flag, run_reporting_user_errors
+from .io import DOWNLOAD_ERRORS, atomic_path, download_atomic, write_text_atomic
+from .metrics.fid import center_crop_resize  # FID's resize protocol; the reference images are made with it
 
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 TRAIN_IMAGES_ZIP_URL = "http://images.cocodataset.org/zips/train2017.zip"
@@ -65,24 +64,6 @@ class MissingDataError(FileNotFoundError):
 # downloading
 
 
-DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, TimeoutError)
-
-
-def download_atomic(url: str, dest: Path, timeout: float = 60.0) -> Path:
-    """Fetch `url` to `dest` via a temporary file; a failed or killed download leaves nothing at `dest`.
-
-    Raises one of DOWNLOAD_ERRORS on failure; callers add what to download and where."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f, length=1 << 20)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
 def _download(url: str, dest: Path, timeout: float = 60.0) -> Path:
     try:
         return download_atomic(url, dest, timeout)
@@ -98,14 +79,8 @@ def _extract_members(zip_path: Path, members: Sequence[tuple[str, Path]]) -> Non
     """Extract (member, dest) pairs, each via a temporary file; the zip's index is read once."""
     with zipfile.ZipFile(zip_path) as zf:
         for member, dest in members:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-            try:
-                with zf.open(member) as src, open(tmp, "wb") as out:
-                    shutil.copyfileobj(src, out, length=1 << 20)
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with atomic_path(dest, suffix=".part") as tmp, zf.open(member) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, length=1 << 20)
 
 
 def download_annotations(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, *, url: str = ANNOTATIONS_URL) -> Path:
@@ -231,13 +206,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_splits(
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     *,
@@ -252,12 +220,12 @@ def write_splits(
     splits_dir = data_dir / "splits"
     paths = {}
     for split, records in pairs.items():
-        _write_text_atomic(splits_dir / f"{split}.json", json.dumps(records, indent=0, ensure_ascii=False))
+        write_text_atomic(splits_dir / f"{split}.json", json.dumps(records, indent=0, ensure_ascii=False))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["index", "image_id", "file_name", "caption_id", "caption"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
-        _write_text_atomic(splits_dir / f"{split}.csv", buf.getvalue())
+        write_text_atomic(splits_dir / f"{split}.csv", buf.getvalue())
         paths[split] = splits_dir / f"{split}.json"
     meta = {
         "source": "MS-COCO 2017 train captions",
@@ -269,7 +237,7 @@ def write_splits(
         "order": "seeded permutation of captioned train2017 image ids: test = first n_test, dev = next n_dev",
         "caption": "one per image, numpy default_rng([seed, image_id]) over captions sorted by id; whitespace collapsed",
     }
-    _write_text_atomic(splits_dir / "meta.json", json.dumps(meta, indent=1))
+    write_text_atomic(splits_dir / "meta.json", json.dumps(meta, indent=1))
     return paths
 
 
@@ -286,25 +254,6 @@ def read_split(data_dir: str | os.PathLike, split: str) -> list[dict]:
 # reference images
 
 
-def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> size x size x 3 uint8: center crop to the short side, then Pillow Lanczos.
-
-    The same function prepares the reference images and, inside FID, the generated ones.
-    """
-    from PIL import Image
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = image[top : top + s, left : left + s]
-    if s == size:
-        return np.ascontiguousarray(crop)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.LANCZOS))
-
-
 def reference_dir(data_dir: str | os.PathLike, split: str, resolution: int) -> Path:
     return Path(data_dir) / "reference" / f"{split}-{resolution}"
 
@@ -315,12 +264,8 @@ def _prepare_one(src: Path, dest: Path, resolution: int) -> None:
     with Image.open(src) as im:
         rgb = np.asarray(im.convert("RGB"))  # a few COCO images are greyscale
     out = Image.fromarray(center_crop_resize(rgb, resolution))
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:
         out.save(tmp, format="PNG")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def prepare_reference(
@@ -368,7 +313,7 @@ def prepare_reference(
         "source": f"MS-COCO 2017 train, split {split} of {data_dir / 'splits'}",
         "split_sha256": _sha256(data_dir / "splits" / f"{split}.json"),
     }
-    _write_text_atomic(out / "meta.json", json.dumps(meta, indent=1))
+    write_text_atomic(out / "meta.json", json.dumps(meta, indent=1))
     return out
 
 

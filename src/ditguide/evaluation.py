@@ -56,11 +56,11 @@ def evaluate_t2i_toy(
     from .evaluation_real import run_dir
     from .generate import generate
     from .metrics import Samples
-    from .metrics.toy import ToyJudgeMetric, load_judge
+    from .metrics.toy import ToyJudgeMetric, balanced_labels, heldout_reference, real_floor
     from .profiles import load_params
     from .render import check_against_config, guidance_spec
     from .toy.data import prompt_for
-    from .toy.evaluate import balanced_labels, heldout_reference, real_floor
+    from .toy.judge import load_judge
 
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)

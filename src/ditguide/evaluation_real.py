@@ -29,33 +29,24 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from .metrics.vbench_score import VIDEOS_PER_PROMPT
 from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile
 from .render import PipelineRenderer, check_against_config, guidance_spec
 from .style import latex_table, write_text
+from .versions import package_versions
 
 BASELINE, NONE = "baseline", "none"
 LIBRARIES = ("ditguide", "torch", "diffusers", "transformers", "clean-fid", "open_clip_torch")
-# VBench looks up videos `{prompt}-0` .. `{prompt}-4` only (vbench/__init__.py): more would be ignored.
-VBENCH_MAX_SAMPLES_PER_PROMPT = 5
 
 
 # ----------------------------------------------------------------------------------------------
 # shared: methods, run folders, cost
 
 
-def _versions(names: Sequence[str]) -> dict[str, str | None]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def method_names(prof: Profile, specs: Sequence[str] | None) -> list[str]:
@@ -134,9 +125,9 @@ def _render_methods(prof, pipe, methods, prompts, *, task, runs_dir, batch_size,
 
 
 def _state(state):
-    from .generate import _default_state
+    from .generate import default_state
 
-    return _default_state() if state is None else state
+    return default_state() if state is None else state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +147,7 @@ def coco_commands(data_dir: str | os.PathLike, split: str, resolution: int) -> s
 def check_coco(data_dir: str | os.PathLike, split: str, resolution: int, extractor_id: str) -> tuple[list[dict], Path]:
     """(split records, reference folder) after checking that FID can run on them; MissingDataError if not."""
     from . import coco
-    from .metrics.fid import _reference_images, features_path
+    from .metrics.fid import features_path, reference_images
 
     if resolution not in coco.RESOLUTIONS:
         raise ValueError(f"resolution={resolution!r} is not allowed; allowed: {', '.join(map(str, coco.RESOLUTIONS))}")
@@ -167,7 +158,7 @@ def check_coco(data_dir: str | os.PathLike, split: str, resolution: int, extract
     ref = coco.reference_dir(data_dir, split, resolution)
     meta = ref / "meta.json"
     cached = features_path(ref, extractor_id).is_file()
-    n_images = len(_reference_images(ref)) if ref.is_dir() else 0
+    n_images = len(reference_images(ref)) if ref.is_dir() else 0
     if not meta.is_file() or (not cached and n_images != len(records)):
         raise coco.MissingDataError(
             f"COCO reference {ref} is missing or incomplete ({n_images} of {len(records)} images, "
@@ -336,7 +327,7 @@ def evaluate_t2i_real(
         "generation": {"model": prof.model, "dtype": prof.dtype, "steps": prof.steps, "height": prof.height,
                        "width": prof.width, "base_seed": base_seed, "cfg_scale": prof.cfg_scale,
                        "distilled_guidance": prof.distilled_guidance, "negative_prompt": prof.negative_prompt},
-        "libraries": _versions(LIBRARIES),
+        "libraries": package_versions(LIBRARIES),
     }
     return result
 
@@ -522,15 +513,15 @@ def evaluate_t2v(
     prof = load_profile(profile, params)
     if prof.kind != "video":
         raise ConfigError(f"profile {profile!r} makes {prof.kind}s: VBench needs a video profile (see evaluate_t2i_real)")
-    if not (isinstance(samples_per_prompt, int) and 1 <= samples_per_prompt <= VBENCH_MAX_SAMPLES_PER_PROMPT):
-        raise ValueError(f"samples_per_prompt must be an integer in 1..{VBENCH_MAX_SAMPLES_PER_PROMPT} "
+    if not (isinstance(samples_per_prompt, int) and 1 <= samples_per_prompt <= VIDEOS_PER_PROMPT):
+        raise ValueError(f"samples_per_prompt must be an integer in 1..{VIDEOS_PER_PROMPT} "
                          f"(VBench reads videos -0 to -4 of each prompt), got {samples_per_prompt!r}")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1 (prompts per dimension) or None, got {limit!r}")
     dims = list(vb.DIMENSIONS) if dimensions is None else list(dict.fromkeys(dimensions))
     if not dims:
         raise ValueError("dimensions is empty (None means all 16)")
-    vb._check_known(dims)
+    vb.check_known(dims)
     methods = method_names(prof, specs)
     python = vb.check_vbench_python(vbench_python)
     suite_path = vb.standard_prompt_suite(python) if str(prompts) == "standard" else Path(prompts)
@@ -577,7 +568,7 @@ def evaluate_t2v(
                        "width": prof.width, "num_frames": prof.num_frames, "fps": prof.fps or 16,
                        "flow_shift": prof.flow_shift, "cfg_scale": prof.cfg_scale, "base_seed": base_seed,
                        "negative_prompt": prof.negative_prompt, "prompt_extension": prof.prompt_extension},
-        "libraries": _versions(LIBRARIES[:4]),
+        "libraries": package_versions(LIBRARIES[:4]),
     }
     return result
 

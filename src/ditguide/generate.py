@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -33,21 +32,39 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from .io import atomic_path, write_bytes_atomic
+from .metrics.folder import (  # the folder layout and its reader (the metrics own it); re-exported
+    KINDS,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    SAMPLES_DIRNAME,
+    IncompleteOutputError,
+    ManifestMismatchError,
+    decode_error,
+    expected_size,
+    load_manifest,
+    prompt_map,
+    read_manifest,
+    size_text,
+    verify,
+)
+from .metrics.vbench_score import VIDEOS_PER_PROMPT as VBENCH_VIDEOS_PER_PROMPT
 from .seeding import sample_seed
+from .versions import package_versions as _package_versions
 
-KINDS = ("image", "video")
-MANIFEST_NAME = "manifest.json"
-SAMPLES_DIRNAME = "samples"
+__all__ = [
+    "KINDS", "MANIFEST_FORMAT", "MANIFEST_NAME", "SAMPLES_DIRNAME", "PARTIAL_DIRNAME", "VBENCH_VIDEOS_PER_PROMPT",
+    "GenerationSummary", "IncompleteOutputError", "ManifestMismatchError", "Renderer", "Sample", "build_manifest",
+    "default_state", "ensure_manifest", "generate", "load_manifest", "main", "package_versions", "plan_samples",
+    "prompt_map", "read_names", "read_prompts", "verify", "video_file_name",
+]
+
 PARTIAL_DIRNAME = ".partial"
-MANIFEST_FORMAT = "ditguide.generate/1"
-# VBench's protocol: five videos per prompt, files `{prompt}-{i}.mp4`, i = 0..4.
-VBENCH_VIDEOS_PER_PROMPT = 5
 # libx264 constant-rate factor for saved videos: 18 is visually lossless; VBench scores the
 # decoded frames, so heavier compression (imageio's default quality 5 is CRF 25) would leak
 # codec artifacts into imaging/aesthetic quality.
@@ -74,19 +91,6 @@ class Renderer(Protocol):
 
     # Optional: `validate(prompts)` raises if the renderer cannot render these prompts (block
     # addresses of its spec, prompt lengths); `generate` calls it before writing anything.
-
-
-class ManifestMismatchError(RuntimeError):
-    """The folder holds outputs of a different run (model, spec, seeds, prompts or software)."""
-
-
-class IncompleteOutputError(RuntimeError):
-    """Some expected outputs are missing or do not decode; `missing` and `corrupt` hold their indices."""
-
-    def __init__(self, message: str, missing: list[int], corrupt: dict[int, str]):
-        super().__init__(message)
-        self.missing = missing
-        self.corrupt = corrupt
 
 
 @dataclass(frozen=True)
@@ -269,13 +273,8 @@ def plan_samples(
 
 
 def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in OUTPUT_AFFECTING_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    """Python and the OUTPUT_AFFECTING_PACKAGES' versions, as the manifest records them."""
+    return _package_versions(OUTPUT_AFFECTING_PACKAGES, python=True)
 
 
 def _json_normal(value):
@@ -347,38 +346,11 @@ def _comparable(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k != "provenance"}
 
 
-def load_manifest(out_dir: str | os.PathLike) -> dict:
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no generation manifest at {path}: run `python -m ditguide.generate` for this folder first")
-    return _read_manifest(path)
-
-
-def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ManifestMismatchError(f"{path} is damaged ({type(err).__name__}: {err}); the folder's samples cannot be "
-                                    "attributed to a run: use a new --out folder (or delete this one to start over)") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ManifestMismatchError(f"{path} is not a generation manifest ({MANIFEST_FORMAT}); use a new --out folder")
-    return manifest
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def ensure_manifest(out_dir: Path, manifest: dict) -> None:
     """Write the manifest if the folder has none; otherwise require it to describe the same run."""
     path = out_dir / MANIFEST_NAME
     if path.is_file():
-        existing = _read_manifest(path)
+        existing = read_manifest(path)
         diffs = _differences(_comparable(existing), _comparable(manifest))
         if diffs:
             raise ManifestMismatchError(
@@ -393,7 +365,7 @@ def ensure_manifest(out_dir: Path, manifest: dict) -> None:
         raise ManifestMismatchError(
             f"{out_dir} has files in {SAMPLES_DIRNAME}/ but no {MANIFEST_NAME}, so nothing says which run made them; "
             "refusing to adopt them. Use a new --out folder (or delete this one to start over).")
-    _write_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+    write_bytes_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"), fsync=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,8 +384,8 @@ def _check_output(arr, kind: str, index: int, expected: dict[str, int] | None = 
         want_frames = expected.get("frames") if kind == "video" else None
         got = (frames if want_frames is not None else None, arr.shape[-2], arr.shape[-3])
         if got != (want_frames, expected["width"], expected["height"]):
-            raise ValueError(f"renderer output for sample {index}: {_size_text(frames, arr.shape[-2], arr.shape[-3])}, "
-                             f"but the run records {_size_text(want_frames, expected['width'], expected['height'])} "
+            raise ValueError(f"renderer output for sample {index}: {size_text(frames, arr.shape[-2], arr.shape[-3])}, "
+                             f"but the run records {size_text(want_frames, expected['width'], expected['height'])} "
                              "(the profile's num_frames/height/width)")
     if kind == "video" and (arr.shape[1] % 2 or arr.shape[2] % 2):
         # yuv420p (what players and VBench's decoders expect) needs even sizes; refuse rather than resize.
@@ -454,21 +426,11 @@ def _write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
 def _save(sample: Sample, output: np.ndarray, kind: str, samples_dir: Path, partial_dir: Path, fps: int, crf: int) -> None:
     # Temporary names are short: a VBench file name may already be near the 255-byte limit.
     tmp = partial_dir / f"{sample.index:06d}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_path(samples_dir / sample.file, tmp=tmp, fsync=True):
         if kind == "image":
-            with open(tmp, "wb") as f:
-                f.write(_encode_png(output))
+            tmp.write_bytes(_encode_png(output))
         else:
             _write_mp4(tmp, output, fps, crf)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, samples_dir / sample.file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,7 +446,7 @@ class _SingleProcess:
         pass
 
 
-def _default_state():
+def default_state():
     """accelerate's PartialState: the launcher's (torchrun / accelerate launch) process group, or one process.
 
     On a machine without CUDA it is asked for CPU processes; otherwise a CPU-only launch would not
@@ -552,7 +514,7 @@ def generate(
     out_dir = Path(out_dir)
     samples_dir = out_dir / SAMPLES_DIRNAME
     partial_dir = out_dir / PARTIAL_DIRNAME
-    state = _default_state() if state is None else state
+    state = default_state() if state is None else state
     rank, world = int(state.process_index), int(state.num_processes)
 
     manifest = build_manifest(renderer, plan, base_seed=base_seed, samples_per_prompt=samples_per_prompt, video_crf=video_crf)
@@ -570,7 +532,7 @@ def generate(
         ensure_manifest(out_dir, manifest)  # a process whose software differs from the main one's fails here
 
     mine = [s for s in todo if s.index % world == rank]
-    expected = _expected_size(manifest)
+    expected = expected_size(manifest)
     repaired = _delete_damaged(mine, samples_dir, kind, expected) if repair else {}
     pending = [s for s in mine if not (samples_dir / s.file).exists()]
     from tqdm.auto import tqdm
@@ -604,122 +566,11 @@ def _delete_damaged(samples: Sequence[Sample], samples_dir: Path, kind: str, exp
     damaged = {}
     for s in samples:
         path = samples_dir / s.file
-        why = _decode_error(path, kind, expected) if path.is_file() else None
+        why = decode_error(path, kind, expected) if path.is_file() else None
         if why is not None:
             path.unlink()
             damaged[s.index] = why
     return damaged
-
-
-def _expected_size(manifest: dict) -> dict[str, int] | None:
-    """{"width", "height"} every output of the run must have, and "frames" for videos where the renderer's
-    description records num_frames; None where it records no size (a custom renderer)."""
-    r = manifest.get("renderer") or {}
-    w, h, t = r.get("width"), r.get("height"), r.get("num_frames")
-    if not (isinstance(w, int) and isinstance(h, int)):
-        return None
-    size = {"width": w, "height": h}
-    if manifest.get("kind") == "video" and isinstance(t, int):
-        size["frames"] = t
-    return size
-
-
-def _size_text(frames: int | None, width: int, height: int) -> str:
-    return f"{frames} frames of {width}x{height}" if frames is not None else f"{width}x{height}"
-
-
-# ----------------------------------------------------------------------------------------------
-# checking a finished folder
-
-
-def _decode_error(path: Path, kind: str, expected: dict[str, int] | None = None) -> str | None:
-    """None if the file decodes and has the `expected` size ({"width", "height"[, "frames"]}, when
-    given), else why not."""
-    try:
-        if kind == "image":
-            from PIL import Image
-
-            with Image.open(path) as im:
-                im.load()
-                (width, height), frames = im.size, None
-            if width == 0 or height == 0:
-                return "empty image"
-        else:
-            import imageio_ffmpeg
-
-            reader = imageio_ffmpeg.read_frames(str(path))
-            try:
-                width, height = next(reader)["size"]
-            finally:
-                reader.close()
-            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-            if frames < 1:
-                return "no frames"
-    except Exception as e:  # any decoder failure means the file is unusable
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:200]
-    if expected is not None:
-        want_frames = expected.get("frames") if frames is not None else None
-        if (width, height, frames if want_frames is not None else None) != (expected["width"], expected["height"], want_frames):
-            return (f"{_size_text(frames, width, height)} {kind}, the run renders "
-                    f"{_size_text(want_frames, expected['width'], expected['height'])}")
-    return None
-
-
-def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: bool = False) -> list[Path]:
-    """Paths of samples 0..n-1 (default: the whole plan) in index order, after checking each decodes.
-
-    Missing or undecodable files raise `IncompleteOutputError` listing their indices; nothing is
-    skipped silently. `delete_corrupt=True` also deletes the undecodable ones so that a rerun of
-    the same generate command renders them again.
-    """
-    out_dir = Path(out_dir)
-    manifest = load_manifest(out_dir)
-    plan = manifest["samples"]
-    if n is None:
-        n = len(plan)
-    if not isinstance(n, int) or not 0 <= n <= len(plan):
-        raise ValueError(f"n must be an integer in 0..{len(plan)} (the run's plan), got {n!r}")
-    samples_dir = out_dir / SAMPLES_DIRNAME
-    expected = _expected_size(manifest)
-    paths, missing, corrupt = [], [], {}
-    for s in plan[:n]:
-        path = samples_dir / s["file"]
-        paths.append(path)
-        if not path.is_file():
-            missing.append(s["index"])
-            continue
-        why = _decode_error(path, manifest["kind"], expected)
-        if why is not None:
-            corrupt[s["index"]] = why
-            if delete_corrupt:
-                path.unlink()
-    if missing or corrupt:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (indices {_short(missing)})")
-        if corrupt:
-            first = next(iter(corrupt.items()))
-            parts.append(f"{len(corrupt)} corrupt (indices {_short(list(corrupt))}; e.g. {first[0]}: {first[1]})")
-        raise IncompleteOutputError(
-            f"{out_dir}: of samples 0..{n - 1}, " + " and ".join(parts) + ". Rerun the same generate command to render them"
-            + ("" if delete_corrupt or not corrupt else " with --repair (python -m ditguide.generate), which renders the corrupt "
-               "files again; or delete them, and a rerun of the command that made them (dvc repro) renders them")
-            + ".",
-            missing,
-            corrupt,
-        )
-    return paths
-
-
-def _short(indices: list[int], k: int = 20) -> str:
-    return ", ".join(map(str, indices[:k])) + (f", ... ({len(indices) - k} more)" if len(indices) > k else "")
-
-
-def prompt_map(out_dir: str | os.PathLike, n: int | None = None) -> dict[str, str]:
-    """{file path: prompt} for samples 0..n-1: VBench's `custom_input` prompt file format."""
-    out_dir = Path(out_dir)
-    plan = load_manifest(out_dir)["samples"]
-    return {str(out_dir / SAMPLES_DIRNAME / s["file"]): s["prompt"] for s in plan[: len(plan) if n is None else n]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -768,7 +619,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     # The file names (VBench's `{prompt}-{i}.mp4` must be a valid name) before anything loads.
     plan_samples(prompts, load_profile(args.profile, load_params(args.params)).kind,
                  samples_per_prompt=args.samples_per_prompt, base_seed=args.base_seed or 0, names=names)
-    state = _default_state()
+    state = default_state()
     # The spec and the prompts are checked against the model's config before its weights load.
     renderer = load_renderer(args.profile, args.spec, params_path=args.params, base_seed=args.base_seed or 0,
                              prompts=list(dict.fromkeys(prompts)))

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .cli import add_debug_flag, one_line, run_reporting_user_errors
+from .io import write_bytes_atomic
 from .profiles import ConfigError, load_params, load_profile
 
 EXECUTED_DIR = Path("notebooks/executed")
@@ -112,7 +113,7 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
         except PapermillExecutionError as err:
             raise NotebookFailed(f"{source}, cell {err.exec_count}: {err.ename}: {err.evalue}",
                                  user_error=err.ename in USER_ERROR_NAMES) from err
-        os.replace(partial, output) if partial.stat().st_dev == output.parent.stat().st_dev else output.write_bytes(partial.read_bytes())
+        write_bytes_atomic(output, partial.read_bytes())  # the temporary folder may be on another filesystem
     return output
 
 

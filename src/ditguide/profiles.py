@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from .metrics.folder import KINDS  # the one definition of what a run outputs (image, video)
+
 FAMILIES = ("toy", "flux", "cogview4", "wan", "sd3")
-KINDS = ("image", "video")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_PARAMS = "params.yaml"
 # Method names the evaluations give the built-in samplings (the pipeline's default, no guidance, CFG
@@ -196,7 +197,8 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
         # Test profiles (`model: tiny:<family>`, "random weights, for tests" in params.yaml): a tiny
         # random pipeline built in code, with text encoders, so that the real-model evaluation path
         # (text prompts -> pipeline -> files -> metrics) runs offline on a CPU.
-        from .tiny_text import FAMILIES as TINY_TEXT_FAMILIES, tiny_text_pipeline
+        from .tiny_text import FAMILIES as TINY_TEXT_FAMILIES
+        from .tiny_text import tiny_text_pipeline
 
         tiny = profile.model.removeprefix("tiny:")
         _check(tiny == profile.family and tiny in TINY_TEXT_FAMILIES, f"profiles.{profile.name}.model", profile.model,

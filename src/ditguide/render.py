@@ -101,7 +101,7 @@ class PipelineRenderer:
 
     def _weights(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = _weights_fingerprint(self.pipe)
+            self._fingerprint = weights_fingerprint(self.pipe)
         return self._fingerprint
 
     def nfe_per_step(self, prompt: str) -> float:
@@ -135,7 +135,7 @@ class PipelineRenderer:
         return [to_uint8(f) for f in frames]
 
 
-def _weights_fingerprint(pipe) -> str:
+def weights_fingerprint(pipe) -> str:
     """A cheap fingerprint of the transformer's weights, so a retrained model never reuses old samples.
 
     64 strided values per tensor, taken on the tensor's device before any cast: converting whole
@@ -149,6 +149,10 @@ def _weights_fingerprint(pipe) -> str:
         h.update(name.encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# The old private name, until ditguide.analysis (owned by another change) imports the public one.
+_weights_fingerprint = weights_fingerprint
 
 
 def guidance_spec(profile: Profile, name: str):
@@ -187,18 +191,18 @@ def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.n
     """(transformer, prompt encoder or None) of the profile, built on the meta device from their config.json.
 
     They have the blocks, sub-modules and prompt limits of the real model, and no weights: nothing is
-    read but the config files (for a model-hub id, `transformer/config.json` from the hub cache, or
-    downloaded alone), and nothing is allocated. Only the toy family has a prompt encoder with limits
-    (its vocabulary and length); the real pipelines' tokenizers truncate long prompts themselves.
+    read but config files (for a model-hub id, `transformer/config.json` from the hub cache, or
+    downloaded alone), and nothing is allocated. The transformer's class is the config's `_class_name`
+    (else the family's usual one). Only local models have a prompt encoder with limits (the toy's
+    vocabulary and length, found through model_index.json); real pipelines truncate long prompts.
     """
     import diffusers
 
     from .profiles import check_trained_size, download_hint, resolve_local_model
 
-    name = TRANSFORMER_CLASSES[profile.family]
-    if profile.is_local and profile.kind == "video":
-        name = "WanTransformer3DModel"  # the T2V testbed's ToyVideoPipeline (a WanPipeline)
-    cls = getattr(diffusers, name)
+    class _AnyConfig(diffusers.ConfigMixin):  # reads a config.json whatever model class wrote it
+        config_name = "config.json"
+
     if profile.is_local:
         model_dir = resolve_local_model(profile, root)
         check_trained_size(profile, model_dir)
@@ -206,23 +210,32 @@ def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.n
     else:
         source = profile.model
     try:
-        config = cls.load_config(source, subfolder="transformer")
+        config = _AnyConfig.load_config(source, subfolder="transformer")
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"profiles.{profile.name}.model: no transformer config for {profile.model!r} "
             f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}). "
             + download_hint(profile)) from None
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name if isinstance(name, str) and hasattr(diffusers, name) else TRANSFORMER_CLASSES[profile.family])
     with torch.device("meta"):
         transformer = cls.from_config(config)
-    encoder = None
-    # the toy's prompt encoder: `prompt_encoder` of a ToyPipeline, `text_encoder` of a ToyVideoPipeline
-    sub = next((s for s in ("prompt_encoder", "text_encoder") if (Path(source) / s / "config.json").is_file()), None)
-    if profile.is_local and sub is not None:
-        from .toy.prompt_encoder import ToyPromptEncoder
+    return transformer, _toy_prompt_encoder(Path(source)) if profile.is_local else None
 
-        with torch.device("meta"):
-            encoder = ToyPromptEncoder.from_config(ToyPromptEncoder.load_config(source, subfolder=sub))
-    return transformer, encoder
+
+def _toy_prompt_encoder(model_dir: Path) -> torch.nn.Module | None:
+    """The local pipeline's ToyPromptEncoder (whatever its component is called) on the meta device, or None."""
+    import json
+
+    from .toy.prompt_encoder import ToyPromptEncoder
+
+    index = model_dir / "model_index.json"
+    components = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    for component, entry in components.items():
+        if isinstance(entry, list) and entry[-1:] == [ToyPromptEncoder.__name__] and (model_dir / component).is_dir():
+            with torch.device("meta"):
+                return ToyPromptEncoder.from_config(ToyPromptEncoder.load_config(str(model_dir), subfolder=component))
+    return None
 
 
 def check_against_config(profile: Profile, specs: dict | None = None, prompts: Sequence[str] = (), root=".") -> None:

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .io import atomic_path, write_text_atomic  # noqa: E402
+
 # Column widths of a two-column paper (inches).
 COLUMN = 3.3
 FULL = 6.9
@@ -60,15 +62,12 @@ def color(method: str) -> str:
 def save_figure(fig, path: str | os.PathLike, also_png: bool = True) -> Path:
     """Save `fig` as PDF without timestamps (byte-identical across reruns), plus a PNG preview."""
     path = Path(path).with_suffix(".pdf")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="pdf", bbox_inches="tight", pad_inches=0.02, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="pdf", bbox_inches="tight", pad_inches=0.02,
+                    metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
     if also_png:
-        png = path.with_suffix(".png")
-        tmp = png.with_name(f".{png.name}.tmp")
-        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.02, metadata={"Software": None})
-        tmp.replace(png)
+        with atomic_path(path.with_suffix(".png")) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.02, metadata={"Software": None})
     return path
 
 
@@ -118,10 +117,5 @@ def latex_table(
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomic text write (temp file + rename): never a half-written table or JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    """Atomic UTF-8 text write (`ditguide.io.write_text_atomic`): never a half-written table or JSON."""
+    return write_text_atomic(path, text)

@@ -1,9 +1,9 @@
 """Declarative, exactly reversible edits of transformer blocks, for every model family.
 
-    from ditguide.edits import BlockEdit, EditSpec, apply_edits, attach_edits, EditError
+    from ditguide.edits import BlockEdit, EditSpec, apply_edits, attach_edits, validate_edits, EditError
 
     spec = EditSpec([BlockEdit(op="skip", blocks=["double:1", 5])])
-    spec.validate(model)                       # EditError before any forward
+    validate_edits(spec, model)                # EditError before any forward
     with apply_edits(model, spec, rows=[2, 3]):
         out = model(**batch)                   # rows 2 and 3 edited, the others plain
 
@@ -37,7 +37,7 @@ Modules: `spec` (what an edit is), `plan` (validation against a model, one plan 
 """
 
 from .attach import HOOK_PREFIX, EditHandle, apply_edits, attach_edits
-from .plan import BlockPlan, compile_plans
+from .plan import BlockPlan, compile_plans, validate_edits
 from .spec import OPS, BlockEdit, EditError, EditSpec
 
 __all__ = [
@@ -51,4 +51,5 @@ __all__ = [
     "apply_edits",
     "attach_edits",
     "compile_plans",
+    "validate_edits",
 ]

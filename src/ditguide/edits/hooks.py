@@ -53,7 +53,7 @@ class _Ownership:
 
 # module -> what was there before our first hook, kept outside the model so that nothing of ours
 # is left on it after the last hook is removed.
-_OWNERSHIP: "weakref.WeakKeyDictionary[torch.nn.Module, _Ownership]" = weakref.WeakKeyDictionary()
+_OWNERSHIP: weakref.WeakKeyDictionary[torch.nn.Module, _Ownership] = weakref.WeakKeyDictionary()
 
 
 def register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:

@@ -203,6 +203,11 @@ def _returned(site) -> set[str]:
     return {s for s in site.output.streams if s is not None}
 
 
+def validate_edits(spec: EditSpec, model: torch.nn.Module) -> None:
+    """Raise EditError if any edit of `spec` cannot be applied to `model` exactly as written."""
+    compile_plans(spec, model)
+
+
 def compile_plans(spec: EditSpec, model: torch.nn.Module) -> tuple[Family, dict[int, BlockPlan]]:
     """Validate `spec` against `model`; return its family and {global block index: BlockPlan}."""
     spec = EditSpec.parse(spec)

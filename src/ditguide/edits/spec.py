@@ -24,20 +24,20 @@ temperature              softmax(QK^T / (tau*sqrt d)) for the named streams' que
 
 `streams=None` means every stream the block returns. Checks that need no model (op names,
 parameter types and ranges) run when an edit is built; checks against a model (block ranges,
-streams, sub-modules, attention processors) run in `EditSpec.validate(model)`.
+streams, sub-modules, attention processors) run in `ditguide.edits.validate_edits(spec, model)`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..families.base import _ADDRESS_RE as _BLOCK_ADDRESS_RE
+from ..checks import check_number
+from ..families.base import ADDRESS_RE as _BLOCK_ADDRESS_RE
 from ..families.base import STREAM_NAMES, FamilyError
 
 OPS: dict[str, str] = {
@@ -88,13 +88,8 @@ def _check_op(op: Any, where: str) -> None:
 BlockRef = int | str
 
 
-def _check_number(op: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise EditError(f"BlockEdit(op={op!r}): parameter {name!r} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise EditError(f"BlockEdit(op={op!r}): parameter {name!r} must be finite, got {value}")
-    return value
+def _edit_number(op: str, name: str, value: Any) -> float:
+    return check_number(value, f"BlockEdit(op={op!r}): parameter {name!r}", allowed="finite", error=EditError)
 
 
 @dataclass(frozen=True)
@@ -150,9 +145,9 @@ class BlockEdit:
         if value is None:
             raise EditError(f"BlockEdit(op={op!r}): parameter {wanted!r} is required")
         if wanted == "alpha":
-            object.__setattr__(self, "alpha", _check_number(op, "alpha", value))
+            object.__setattr__(self, "alpha", _edit_number(op, "alpha", value))
         elif wanted == "tau":
-            tau = _check_number(op, "tau", value)
+            tau = _edit_number(op, "tau", value)
             if tau <= 0:
                 raise EditError(f"BlockEdit(op={op!r}): parameter 'tau' must be > 0, got {tau}")
             object.__setattr__(self, "tau", tau)
@@ -322,10 +317,3 @@ class EditSpec:
     def __str__(self) -> str:
         return self.to_string() or "<no edit>"
 
-    # -- against a model --------------------------------------------------------------------------
-
-    def validate(self, model) -> None:
-        """Raise EditError if any edit cannot be applied to `model` exactly as written."""
-        from .plan import compile_plans
-
-        compile_plans(self, model)

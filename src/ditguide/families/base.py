@@ -118,7 +118,7 @@ class BlockInfo:
 # ---------------------------------------------------------------------------------------------
 
 # "list:index" or "attribute.index"; anchored so that "blocks.1" never matches "blocks.10".
-_ADDRESS_RE = re.compile(r"^(?P<list>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>[:.])(?P<index>0|[1-9][0-9]*)$")
+ADDRESS_RE = re.compile(r"^(?P<list>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>[:.])(?P<index>0|[1-9][0-9]*)$")
 
 
 class Family:
@@ -187,7 +187,7 @@ class Family:
                     f"({self.ranges(model)})"
                 )
             return ref
-        m = _ADDRESS_RE.match(ref.strip())
+        m = ADDRESS_RE.match(ref.strip())
         if m is None:
             raise FamilyError(
                 f"cannot parse block reference {ref!r}: expected 'list:index' or 'attribute.index' "

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-KINDS = ("image", "video")
+from .folder import KINDS, SAMPLES_DIRNAME, load_manifest, verify
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,6 @@ class Samples:
     @classmethod
     def from_dir(cls, out_dir: str | os.PathLike, n: int | None = None) -> Samples:
         """The first n samples (default all) of a `ditguide.generate` folder, after `verify`."""
-        from ..generate import SAMPLES_DIRNAME, load_manifest, verify
-
         paths = verify(out_dir, n)
         manifest = load_manifest(out_dir)
         prompts = tuple(s["prompt"] for s in manifest["samples"][: len(paths)])

@@ -1,7 +1,7 @@
 """FID (and KID) with clean-fid, against reference features cached once beside the reference images.
 
 Protocol: each generated image is center-cropped and Lanczos-resized to the reference resolution
-(`ditguide.coco.center_crop_resize`, the function that made the reference images), then goes
+(`center_crop_resize`, the function that made the reference images with `ditguide.coco`), then goes
 through clean-fid's own loader in 'clean' mode (Pillow bicubic to 299x299, float, no
 quantization) into its Inception-V3 (the TF-ported 2015-12-05 torchscript weights). The Fréchet
 distance is clean-fid's `frechet_distance`. clean-fid has no COCO statistics, and its
@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..coco import DOWNLOAD_ERRORS, center_crop_resize, download_atomic
+from ..io import DOWNLOAD_ERRORS, atomic_path, download_atomic
+from ..versions import package_version
 from . import MetricResult, Samples
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -103,15 +103,6 @@ def image_features(
     ).astype(np.float64)
 
 
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _crop_resize(image: np.ndarray, size: int) -> np.ndarray:
     # A top-level function (not a lambda) so DataLoader workers can pickle it.
     return center_crop_resize(image, size)
@@ -156,11 +147,31 @@ def kid_from_features(
     return float(total / num_subsets)
 
 
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> size x size x 3 uint8: center crop to the short side, then Pillow Lanczos.
+
+    The same function prepares the reference images and, inside FID, the generated ones.
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    crop = image[top : top + s, left : left + s]
+    if s == size:
+        return np.ascontiguousarray(crop)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.LANCZOS))
+
+
+
 # ----------------------------------------------------------------------------------------------
 # reference features
 
 
-def _reference_images(reference_dir: Path) -> list[Path]:
+def reference_images(reference_dir: Path) -> list[Path]:
     return sorted(p for p in reference_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
@@ -207,7 +218,7 @@ def cache_reference_features(
             f"reference folder {reference_dir} not found: prepare it with "
             "`python -m ditguide.coco reference --split test --resolution 512` (see data/README.md)"
         )
-    images = _reference_images(reference_dir)
+    images = reference_images(reference_dir)
     if out.is_file():
         _check_cache(out, images)
         return out
@@ -220,13 +231,9 @@ def cache_reference_features(
         images, extractor, resolution=resolution, batch_size=batch_size, num_workers=num_workers, device=device,
         description=f"reference {reference_dir.name}", verbose=True,
     )
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
-    try:
+    with atomic_path(out, suffix=".npz") as tmp:  # np.savez adds .npz to any other name
         np.savez(tmp, features=features.astype(np.float32), files=np.array([p.name for p in images]),
                  extractor_id=np.array(extractor_id), resolution=np.array(resolution))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -310,7 +317,7 @@ class FID:
                 device=self.device, batch_size=self.batch_size, num_workers=self.num_workers,
             )
         else:
-            _check_cache(features_path(self.reference, self.extractor_id), _reference_images(self.reference))
+            _check_cache(features_path(self.reference, self.extractor_id), reference_images(self.reference))
         ref, resolution = load_reference_features(self.reference, self.extractor_id)
         if self.resolution is not None and self.resolution != resolution:
             raise ValueError(f"resolution={self.resolution} but the cached reference features are at {resolution}")
@@ -323,7 +330,7 @@ class FID:
             "n_reference": len(ref),
             "reference": str(self.reference),
             "resolution": resolution,
-            "library": f"clean-fid {_version('clean-fid')} (mode 'clean')",
+            "library": f"clean-fid {package_version('clean-fid')} (mode 'clean')",
             "extractor": self.extractor_id,
             "resize": f"center crop + Pillow Lanczos to {resolution}, then clean-fid bicubic to 299",
         }

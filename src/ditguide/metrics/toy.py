@@ -4,81 +4,23 @@
 - toy CLIP = mean probability the judge gives the prompted digit (text-image agreement);
 - accuracy = fraction of samples the judge classifies as the prompted digit.
 
-The judge is a small MLP trained on the held-out split only (never on the images the generator
-learned from). It is a judge of outputs: nothing here imports a model family or a pipeline.
+The judge (`ditguide.toy.judge`) is a small MLP trained on the held-out split only (never on the
+images the generator learned from); it is trained and saved there, so that editing a metric here never
+retrains it. This module judges outputs: nothing here imports a model family or a pipeline. It also
+holds the digit benchmark's reference data (the held-out reference, the real-vs-real floor) and its
+class-balanced labels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from ..toy.data import DIGIT_WORDS, load_split, to_unit
+from ..toy.judge import DigitJudge
 from .frechet import frechet_distance, gaussian_stats
-
-
-class DigitJudge(nn.Module):
-    """MLP on flattened 8x8 images in [0, 1]; `features` is the 64-d penultimate layer."""
-
-    def __init__(self, hidden: int = 128, feature_dim: int = 64):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, feature_dim), nn.ReLU())
-        self.head = nn.Linear(feature_dim, 10)
-
-    def features(self, images01: torch.Tensor) -> torch.Tensor:
-        return self.body(images01.reshape(images01.shape[0], 64).float())
-
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images01))
-
-
-def check_judge_parameters(seed: int = 0, epochs: int = 400) -> None:
-    """ValueError naming the parameter: an untrained judge (epochs 0) would score every method as noise."""
-    for name, value, low in (("seed", seed, 0), ("epochs", epochs, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"train_judge {name}={value!r} is not allowed; allowed: an integer >= {low}")
-
-
-def train_judge(images01: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 400) -> DigitJudge:
-    """Full-batch AdamW with light pixel-noise augmentation; a few seconds on one core."""
-    check_judge_parameters(seed, epochs)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    judge = DigitJudge()
-    x = torch.as_tensor(images01, dtype=torch.float32)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    opt = torch.optim.AdamW(judge.parameters(), lr=3e-3, weight_decay=1e-3)
-    for _ in range(epochs):
-        noisy = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
-        loss = nn.functional.cross_entropy(judge(noisy), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return judge.eval()
-
-
-def save_judge(judge: DigitJudge, path: str | Path) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-
-
-def load_judge(path: str | Path) -> DigitJudge:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"toy judge weights not found at {path}: run `dvc repro train_judge` to create them")
-    judge = DigitJudge()
-    judge.load_state_dict(load_file(str(path)))
-    return judge.eval()
 
 
 @torch.no_grad()
@@ -101,7 +43,7 @@ class ToyReference:
     count: int
 
     @classmethod
-    def from_images(cls, judge: DigitJudge, images01: np.ndarray) -> "ToyReference":
+    def from_images(cls, judge: DigitJudge, images01: np.ndarray) -> ToyReference:
         feats, _ = judge_outputs(judge, images01)
         mu, sigma = gaussian_stats(feats)
         return cls(mu, sigma, len(feats))
@@ -124,8 +66,6 @@ def toy_metrics(judge: DigitJudge, images01: np.ndarray, labels: np.ndarray, ref
 
 def label_of_prompt(prompt: str) -> int:
     """The digit a toy prompt asks for (its one digit word)."""
-    from ..toy.data import DIGIT_WORDS
-
     found = [DIGIT_WORDS.index(w) for w in prompt.lower().split() if w in DIGIT_WORDS]
     if len(found) != 1:
         raise ValueError(f"a toy prompt names exactly one digit word ({', '.join(DIGIT_WORDS)}); got {prompt!r}")
@@ -150,3 +90,37 @@ class ToyJudgeMetric:
         details = {"clip": m["clip"], "accuracy": m["accuracy"], "judge": "DigitJudge MLP, penultimate 64-d features",
                    "reference": f"held-out digits ({self.reference.count})"}
         return MetricResult(self.name, m["fd"], False, m["count"], details)
+
+
+# ----------------------------------------------------------------------------------------------
+# the digit benchmark's labels and reference data
+
+
+def balanced_labels(count: int) -> np.ndarray:
+    """Label of sample i is i mod 10, so every prefix of the sample list is (nearly) balanced."""
+    return np.arange(count) % 10
+
+
+def real_floor(judge: DigitJudge, seed: int = 0) -> dict:
+    """FD between real digit sets: the level a perfect generator would reach at these sizes.
+
+    - fd_real_halves: two disjoint, stratified halves of all 1,797 digits (the issue's floor);
+    - fd_train_vs_heldout: the generator's training split vs the reference (held-out) split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train, heldout = load_split("train"), load_split("heldout")
+    images = np.concatenate([train.images, heldout.images])
+    labels = np.concatenate([train.labels, heldout.labels])
+    a, b = train_test_split(np.arange(len(labels)), test_size=0.5, random_state=seed, stratify=labels)
+
+    def fd(x, y):
+        fx, _ = judge_outputs(judge, to_unit(x))
+        fy, _ = judge_outputs(judge, to_unit(y))
+        return float(frechet_distance(*gaussian_stats(fx), *gaussian_stats(fy)))
+
+    return {"fd_real_halves": fd(images[a], images[b]), "fd_train_vs_heldout": fd(train.images, heldout.images)}
+
+
+def heldout_reference(judge: DigitJudge) -> ToyReference:
+    return ToyReference.from_images(judge, to_unit(load_split("heldout").images))

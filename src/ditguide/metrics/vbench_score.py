@@ -24,6 +24,10 @@ from pathlib import Path
 
 from . import MetricResult, Samples
 
+# VBench's protocol: five videos per prompt, `{prompt}-0.mp4` .. `{prompt}-4.mp4`; VBench looks up
+# these five only (vbench/__init__.py), so more would be ignored. The one definition in the package.
+VIDEOS_PER_PROMPT = 5
+
 # VBench's 16 dimensions, in the order of VBench.build_full_dimension_list().
 DIMENSIONS = (
     "subject_consistency",
@@ -96,7 +100,7 @@ class VBenchEnvironmentError(RuntimeError):
     """The separate VBench environment is missing or failed; the message says how to fix it."""
 
 
-def _check_known(dimensions) -> None:
+def check_known(dimensions) -> None:
     unknown = sorted(set(dimensions) - set(DIMENSIONS))
     if unknown:
         raise ValueError(f"unknown VBench dimensions {unknown}; allowed: {', '.join(DIMENSIONS)}")
@@ -104,7 +108,7 @@ def _check_known(dimensions) -> None:
 
 def normalized_scores(raw: Mapping[str, float]) -> dict[str, float]:
     """Weighted normalized score n_d of each dimension present in `raw`."""
-    _check_known(raw)
+    check_known(raw)
     out = {}
     for d, x in raw.items():
         lo, hi = NORMALIZATION[d]
@@ -162,7 +166,7 @@ def vbench_scores(raw: Mapping[str, float]) -> VBenchScores:
 
 def load_raw_scores(results_dir: str | os.PathLike, dimensions: Sequence[str] = DIMENSIONS) -> dict[str, float]:
     """{dimension: raw score} from the `<dimension>.json` files that vbench_run.py writes."""
-    _check_known(dimensions)
+    check_known(dimensions)
     results_dir = Path(results_dir)
     missing = [d for d in dimensions if not (results_dir / f"{d}.json").is_file()]
     if missing:
@@ -179,7 +183,7 @@ def load_raw_scores(results_dir: str | os.PathLike, dimensions: Sequence[str] = 
 def raw_scores_from_eval_results(path: str | os.PathLike) -> dict[str, float]:
     """{dimension: raw score} from a file VBench itself writes (`<name>_eval_results.json`)."""
     data = json.loads(Path(path).read_text())
-    _check_known(data)
+    check_known(data)
     return {d: float(v[0]) for d, v in data.items()}
 
 
@@ -229,7 +233,7 @@ def run_vbench(
     mode: str = "vbench_standard",
     full_info: str | os.PathLike | None = None,
     prompt_file: str | os.PathLike | None = None,
-    videos_per_prompt: int = 5,
+    videos_per_prompt: int = VIDEOS_PER_PROMPT,
     nproc: int = 1,
     timeout: float | None = None,
 ) -> dict[str, float]:
@@ -238,7 +242,7 @@ def run_vbench(
     Dimensions already in `results_dir` are not recomputed: use one results folder per generation
     folder. `nproc > 1` runs VBench's own distributed evaluation with torchrun on that many GPUs.
     """
-    _check_known(dimensions)
+    check_known(dimensions)
     if not dimensions:
         raise ValueError("dimensions is empty")
     if mode not in MODES:

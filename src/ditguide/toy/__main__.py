@@ -12,42 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import numbers
 import sys
 import time
 
-from ..cli import add_debug_flag, run_reporting_user_errors
+from ..cli import add_debug_flag, run_reporting_user_errors, typed_section
 from ..profiles import ConfigError, load_params
 from ..style import write_text
 
 JUDGE_PARAMETERS = {"seed": 0, "epochs": 400}  # train_judge's parameters and their defaults (types)
-
-
-def _type_ok(value, default) -> bool:
-    """Value of the default's type; a float parameter also takes an int (YAML reads `1e-4` as a string)."""
-    if isinstance(value, bool) or isinstance(default, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, int):
-        return isinstance(value, numbers.Integral)
-    if isinstance(default, float):
-        return isinstance(value, numbers.Real)
-    return isinstance(value, type(default))
-
-
-def typed_section(params: dict, name: str, defaults: dict) -> dict:
-    """The params section `name`, each key known and of its default's type; a ConfigError naming it otherwise."""
-    section = params.get(name) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"params {name}: expected a mapping of parameters, got {section!r}")
-    unknown = set(section) - set(defaults)
-    if unknown:
-        raise ConfigError(f"params {name}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
-    for key, value in section.items():
-        if not _type_ok(value, defaults[key]):
-            kind = type(defaults[key]).__name__
-            hint = " (YAML reads 1e-4 as a string: write 1.0e-4 or 0.0001)" if isinstance(value, str) and kind == "float" else ""
-            raise ConfigError(f"params {name}.{key}={value!r} is not allowed; allowed: a {kind}{hint}")
-    return dict(section)
 
 
 def _train_model(out: str, params: dict) -> None:
@@ -69,8 +41,8 @@ def _train_model(out: str, params: dict) -> None:
 def _train_judge(out: str, params: dict) -> None:
     import torch
 
-    from ..metrics.toy import check_judge_parameters, save_judge, train_judge
     from .data import load_split, to_unit
+    from .judge import check_judge_parameters, save_judge, train_judge
 
     section = typed_section(params, "train_judge", JUDGE_PARAMETERS)
     try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from tqdm.auto import tqdm
 
+from ..io import atomic_dir
 from .data import DIGIT_WORDS, IMAGE_SIZE, TEMPLATES, load_split
 from .pipeline import ToyPipeline, image_ids, pack
 from .prompt_encoder import ToyPromptEncoder
@@ -137,14 +136,8 @@ def train_toy(out_dir: str | os.PathLike, cfg: ToyTrainConfig = ToyTrainConfig()
     )
     log = {"config": asdict(cfg), "loss": losses, "final_loss_mean_last_100": sum(losses[-100:]) / min(100, len(losses)),
            "image_size": IMAGE_SIZE, "parameters": sum(p.numel() for p in params)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    # The old model stays in place until the new one is complete (renamed aside, then deleted).
+    with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "train_log.json").write_text(json.dumps(log))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return log
