@@ -128,12 +128,12 @@ def test_bad_design_parameters_fail_with_one_message(change, match):
 
 
 def test_selected_preset_is_a_named_preset(tmp_path, monkeypatch):
-    import ditguide.guidance as g
+    import ditguide.guidance.presets as presets
 
     spec = design.ours_spec(2.0, {"spec": "scale(1.5):single:8", "window": "all"}, "skip:single:5")
     (tmp_path / "scenes").mkdir()
     (tmp_path / "scenes" / "selected.json").write_text(json.dumps({"spec": spec}))
-    monkeypatch.setattr(g, "SELECTED_ROOT", str(tmp_path))
+    monkeypatch.setattr(presets, "SELECTED_ROOT", str(tmp_path))
     d = preset("selected:scenes")
     assert d["terms"] == spec["terms"] and d["name"] == "selected_scenes"
     with pytest.raises(GuidanceSpecError, match="takes no overrides"):

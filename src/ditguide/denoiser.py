@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +42,8 @@ from .edits.hooks import register, remove
 from .families import get_family
 from .families.base import active_rows, batch_rows, bind_block_arguments, block_forward_signature, gather_rows
 from .guidance import GuidanceSpec, StepInfo
+from .guidance.cost import CostReport, StepCost, planned_evals
+from .guidance.planner import CompiledBranch, forward_groups, plan_key, plan_step, representative_rows
 
 MODES = ("sequential", "batched")
 # Transformer inputs that never carry the batch dimension (Flux position ids), whatever their shape.
@@ -52,62 +53,6 @@ _HOOK_NAMES = (f"ditguide.guidance.{i}" for i in itertools.count())
 
 class GuidanceError(ValueError):
     """A guidance run that cannot go ahead as configured; the message names the parameter."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Cost accounting
-
-
-@dataclass
-class StepCost:
-    step: int
-    sigma: float | None
-    branches: list[str] = field(default_factory=list)  # branches evaluated (deduplicated)
-    forwards: int = 0  # transformer forward calls
-    block_evals: float = 0.0  # one block on the caller's batch counts 1
-
-
-@dataclass
-class CostReport:
-    """Block evaluations per sampling step of the last run (reset when a new run starts)."""
-
-    blocks_per_forward: int
-    steps: list[StepCost] = field(default_factory=list)
-
-    @property
-    def block_evals(self) -> float:
-        return sum(s.block_evals for s in self.steps)
-
-    @property
-    def nfe(self) -> float:
-        """NFE-equivalents: block evaluations / blocks per forward (a plain forward counts 1)."""
-        return self.block_evals / self.blocks_per_forward
-
-    @property
-    def forwards(self) -> int:
-        return sum(s.forwards for s in self.steps)
-
-    @property
-    def block_evals_per_step(self) -> list[float]:
-        return [s.block_evals for s in self.steps]
-
-    @property
-    def nfe_per_step(self) -> list[float]:
-        return [s.block_evals / self.blocks_per_forward for s in self.steps]
-
-    def step(self, index: int, sigma: float | None) -> StepCost:
-        if not self.steps or self.steps[-1].step != index:
-            self.steps.append(StepCost(index, sigma))
-        return self.steps[-1]
-
-    def to_dict(self) -> dict:
-        return {
-            "blocks_per_forward": self.blocks_per_forward,
-            "block_evals": self.block_evals,
-            "nfe": self.nfe,
-            "forwards": self.forwards,
-            "steps": [vars(s) | {"branches": list(s.branches)} for s in self.steps],
-        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,40 +170,6 @@ def _hooks(installs: Sequence[tuple[torch.nn.Module, ModelHook]]) -> Iterator[No
 # Branches
 
 
-@dataclass(frozen=True)
-class _Branch:
-    """A distinct model evaluation: prompt + edits. Branches of the spec with equal ones are aliases."""
-
-    key: str  # first spec branch name that maps to it
-    prompt: str
-    edits: EditSpec
-    first_edit: int  # first edited block (global index); blocks_per_forward if unedited
-    signature: str  # canonical (prompt, edits) for deduplication
-    plans: dict  # global block index -> the edit engine's BlockPlan
-
-    def evals_from(self, start: int, num_blocks: int) -> int:
-        """Block evaluations (per row) of blocks start.. of this branch: a skipped block costs 0, a
-        repeated one `times`, any other edit 1 (the engine computes it on the edited rows)."""
-        total = 0
-        for i in range(start, num_blocks):
-            plan = self.plans.get(i)
-            total += 1 if plan is None else (0 if plan.skips_block else plan.times)
-        return total
-
-
-def _plan_key(index: int, plan) -> list:
-    return [
-        index,
-        sorted(plan.alphas.items()),
-        plan.times,
-        *(
-            sorted(getattr(plan, a))
-            for a in ("skip_attn", "skip_cross_attn", "skip_ff", "identity_attn_in_stream", "identity_attn_all_tokens")
-        ),
-        sorted(plan.temperature.items()),
-    ]
-
-
 class GuidedDenoiser(torch.nn.Module):
     """Replaces `pipe.transformer`; evaluates `spec` at every call. See the module docstring.
 
@@ -322,8 +233,8 @@ class GuidedDenoiser(torch.nn.Module):
 
     # ---- configuration --------------------------------------------------------------------------
 
-    def _compile_branches(self) -> tuple[dict[str, _Branch], dict[str, str]]:
-        branches: dict[str, _Branch] = {}
+    def _compile_branches(self) -> tuple[dict[str, CompiledBranch], dict[str, str]]:
+        branches: dict[str, CompiledBranch] = {}
         alias: dict[str, str] = {}
         by_signature: dict[str, str] = {}
         for name in self.spec.used_branches:
@@ -334,12 +245,12 @@ class GuidedDenoiser(torch.nn.Module):
             except ValueError as err:  # EditError / FamilyError: name the branch that carries it
                 raise GuidanceError(f"branches.{name}.edits: {err}") from None
             # Canonical per-block plans, so that "blocks:1" and 1 (or split edits) are the same branch.
-            signature = json.dumps([b.prompt, [_plan_key(i, p) for i, p in sorted(plans.items())]])
+            signature = json.dumps([b.prompt, [plan_key(i, p) for i, p in sorted(plans.items())]])
             if signature in by_signature:
                 alias[name] = by_signature[signature]
                 continue
             first = min(plans) if plans else self.num_blocks
-            branches[name] = _Branch(name, b.prompt, edits, first, signature, plans)
+            branches[name] = CompiledBranch(name, b.prompt, edits, first, signature, plans)
             by_signature[signature] = name
             alias[name] = name
         return branches, alias
@@ -520,33 +431,14 @@ class GuidedDenoiser(torch.nn.Module):
             out[key] = value
         return out
 
-    def _groups(self, keys: list[str]) -> list[list[str]]:
-        """Forward groups of distinct branches for this step."""
-        if self.mode == "sequential":
-            # Donors first: within a prompt, the branch edited latest can share the most with the others.
-            prompts = list(dict.fromkeys(self._branches[k].prompt for k in keys))
-            order = sorted(keys, key=lambda k: (prompts.index(self._branches[k].prompt), -self._branches[k].first_edit))
-            return [[k] for k in order]
-        if self.mode == "batched":
-            return [keys]
-        groups = []
-        for g in self.mode:
-            g = [self._alias[n] for n in g if n in self._alias]
-            g = [k for k in dict.fromkeys(g) if k in keys and not any(k in h for h in groups)]
-            if g:
-                groups.append(g)
-        return groups
-
     def _evaluate(self, names: list[str], kwargs: dict, record: StepCost) -> dict[str, torch.Tensor]:
         keys = list(dict.fromkeys(self._alias[n] for n in names))
         record.branches.extend(keys)
         inputs = {p: self._inputs(p, kwargs) for p in {self._branches[k].prompt for k in keys}}
         forwards = []
-        for group in self._groups(keys):
+        for group in forward_groups(keys, self._branches, self.mode, self._alias):
             forwards += self._split_compatible(group, inputs)
-        plans: list[dict] = []
-        for group in forwards:
-            plans.append(self._share_plan(group, forwards[: len(plans)], plans))
+        plans = plan_step(forwards, self._branches, self.share_prefix)
         results: dict[str, torch.Tensor] = {}
         store: dict = {}
         for i, group in enumerate(forwards):
@@ -592,39 +484,7 @@ class GuidedDenoiser(torch.nn.Module):
                     return False
         return True
 
-    # ---- prefix sharing -----------------------------------------------------------------------
-
-    def _share_plan(self, group: list[str], earlier: list[list[str]], earlier_plans: list[dict]) -> dict:
-        """How a forward shares blocks: within its rows, and (single-branch forwards) with an earlier forward.
-
-        within: prompt -> its branches in this forward, edited latest first; at block i the rows of
-        those unedited through block i take the rows of the first of them.
-        replay: (depth, donor): blocks < depth are unedited in both this branch and the donor, which an
-        earlier forward evaluated, so this forward reuses the donor's output of block depth - 1.
-        """
-        plan: dict = {"within": {}, "replay": None}
-        if not self.share_prefix:
-            return plan
-        br = self._branches
-        for prompt in dict.fromkeys(br[k].prompt for k in group):
-            members = sorted((k for k in group if br[k].prompt == prompt), key=lambda k: -br[k].first_edit)
-            if len(members) > 1:
-                plan["within"][prompt] = members
-        if len(group) != 1:
-            return plan
-        k = group[0]
-        best = None
-        for g, p in zip(earlier, earlier_plans):
-            # A donor that itself replayed holds real outputs only from its own replay depth on.
-            own = p["replay"][0] if p["replay"] is not None else 0
-            for d in g:
-                if br[d].prompt != br[k].prompt:
-                    continue
-                depth = min(br[d].first_edit, br[k].first_edit)
-                if depth >= max(own, 1) and (best is None or depth > best[0]):
-                    best = (depth, d)
-        plan["replay"] = best
-        return plan
+    # ---- one forward: the planned sharing installed as hooks, the branches' edits on their rows ---------
 
     def _run_forward(self, group, inputs, plans, index, store, record) -> dict[str, torch.Tensor]:
         br = self._branches
@@ -641,21 +501,8 @@ class GuidedDenoiser(torch.nn.Module):
         outer: list[tuple[torch.nn.Module, ModelHook]] = []
         plan = plans[index]
         # Within-forward sharing.
-        if plan["within"]:
-            total = batch * len(group)
-            for i in range(self.num_blocks):
-                rep = torch.arange(total)
-                shared = False
-                for members in plan["within"].values():
-                    alive = [k for k in members if br[k].first_edit > i]
-                    if len(alive) > 1:
-                        head = group.index(alive[0]) * batch
-                        for k in alive[1:]:
-                            off = group.index(k) * batch
-                            rep[off : off + batch] = torch.arange(head, head + batch)
-                        shared = True
-                if shared:
-                    outer.append((blocks[i], _ShareRowsHook(rep, self.family.batched_block_kwargs, blocks[i])))
+        for i, rep in representative_rows(plan, group, br, batch, self.num_blocks).items():
+            outer.append((blocks[i], _ShareRowsHook(rep, self.family.batched_block_kwargs, blocks[i])))
         # Replay from an earlier forward.
         if plan["replay"] is not None:
             depth, donor = plan["replay"]
@@ -681,19 +528,8 @@ class GuidedDenoiser(torch.nn.Module):
             stack.enter_context(_hooks(outer))
             out = self.transformer(return_dict=False, **call)[0]
         record.forwards += 1
-        record.block_evals += counter[0] / batch if self.count == "measure" else self._planned_evals(group, plan)
+        record.block_evals += counter[0] / batch if self.count == "measure" else planned_evals(group, plan, br, self.num_blocks)
         return {k: out[j * batch : (j + 1) * batch] for j, k in enumerate(group)}
-
-    def _planned_evals(self, group: list[str], plan: dict) -> int:
-        """Block evaluations of one forward, from the edit plans and the sharing plan."""
-        br = self._branches
-        start = {k: 0 for k in group}
-        for members in plan["within"].values():
-            for k in members[1:]:  # blocks before its first edit run on the head's rows
-                start[k] = br[k].first_edit
-        if plan["replay"] is not None:
-            start[group[0]] = plan["replay"][0]
-        return sum(br[k].evals_from(start[k], self.num_blocks) for k in group)
 
     def _block_info(self, index: int):
         infos = self.__dict__.setdefault("_infos", {})

@@ -444,5 +444,10 @@ def run_test(profile: str, p: dict, params: dict, dev: dict, fams: dict[str, lis
     for ref_name, label in ((default, "cfg_default"), (best, "cfg_best")):
         comparison[label] = {"reference": ref_name, "changes": {
             k: paired_change(results[selected.name], results[ref_name], k) for k in ("fd", "all", "digit", "precision", "recall")}}
+    for m in methods:  # does each side of ours add anything? the selected method against its ablations
+        if m.family == "ablation":
+            label = "without_strong" if "weak_only" in m.name else "without_weak"
+            comparison[label] = {"reference": m.name, "changes": {
+                k: paired_change(results[selected.name], results[m.name], k) for k in ("fd", "all", "digit", "precision", "recall")}}
     test = {"split": t, "floor": scorer.floor, "methods": results, "selected": selected.name, "comparison": comparison}
     return test, scorer.images

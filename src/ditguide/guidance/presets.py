@@ -1,0 +1,393 @@
+"""Presets: one small dict per method, with the published defaults where they exist, and the
+preset that the guidance design selected for a profile (`preset("selected:<profile>")`)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .rules import GuidanceSpecError
+from .rules import check_number as _check_number
+from .spec import GuidanceSpec, Interval
+
+# --------------------------------------------------------------------------------------------------
+# Presets: one small dict per method, with the published defaults where they exist. Block addresses
+# are those of the model the method was published for (given in each entry's note); pass `blocks=` for
+# another model. `preset(name, **overrides)` returns a fresh, validated dict.
+
+
+def _edits(op: str, blocks: Sequence[Any], streams: Sequence[str] | None = None) -> dict:
+    edit = {"op": op, "blocks": list(blocks)}
+    if streams is not None:
+        edit["streams"] = list(streams)
+    return {"edits": [edit]}
+
+
+# PAG / STG-A: within the image tokens an image query attends only to itself; it still attends to the
+# text, and text queries are untouched (diffusers' PAGJointAttnProcessor2_0). On Wan, whose
+# self-attention holds only the video tokens, this is the identity attention.
+def _perturbed_attention(blocks: Sequence[Any]) -> dict:
+    return _edits("identity_attn_in_stream", blocks, ["image"])
+
+
+# EDM2's guidance interval (Kynkaanniemi et al. 2024): CFG only for EDM noise levels in (0.28, 5.42].
+EDM2_GUIDANCE_INTERVAL = (0.28, 5.42)
+EDM2_SIGMA_DATA = 0.5  # EDM's data standard deviation
+CFG_ZERO_STAR_ZERO_INIT = 0.04  # the CFG-Zero* authors' suggestion: zero-init about 4 % of the steps
+
+
+def edm_sigma_to_flow(sigma: float, sigma_data: float = EDM2_SIGMA_DATA) -> float:
+    """The flow-matching sigma t with the same signal-to-noise ratio as EDM's noise level `sigma`.
+
+    EDM: x = y + sigma n with std(y) = sigma_data, so SNR = sigma_data^2 / sigma^2. Flow matching on
+    unit-variance latents: x = (1 - t) y + t n with std(y) = 1, so SNR = (1 - t)^2 / t^2. Equal ratios
+    give t = sigma / (sigma + sigma_data): 2 sigma / (1 + 2 sigma) at EDM's sigma_data = 0.5.
+    """
+    return sigma / (sigma + sigma_data)
+
+
+def _guidance_interval_window(sigma_data: float) -> dict:
+    lo, hi = (edm_sigma_to_flow(s, sigma_data) for s in EDM2_GUIDANCE_INTERVAL)
+    return {"start": lo, "end": hi, "unit": "sigma"}
+
+
+PRESETS: dict[str, dict] = {
+    "off": {
+        "formula": "D(cond)",
+        "cost": "1 forward per step",
+        "note": "no guidance: the conditional model, one forward per step",
+        "spec": {"name": "off"},
+    },
+    "cfg": {
+        "formula": "D(uncond) + s (D(cond) - D(uncond))",
+        "cost": "2 forwards per step",
+        "note": "classifier-free guidance, uncond + s (cond - uncond)",
+        "spec": {"name": "cfg", "terms": [{"rule": "cfg", "scale": 5.0}]},
+    },
+    "cfg_zero_star": {
+        "formula": (
+            "a D(uncond) + s (D(cond) - a D(uncond)), a = <D(cond), D(uncond)> / |D(uncond)|^2; 0 on the "
+            "first 4 % of steps"
+        ),
+        "cost": "2 per step, 0 on the zero-init steps",
+        "note": (
+            "CFG-Zero* (Fan et al. 2025): optimized scale; zero-init: the prediction is 0 on the first 4 % of"
+            " the steps, at least one (zero_init_fraction = 0.04, the authors' suggestion)"
+        ),
+        "spec": {
+            "name": "cfg_zero_star",
+            "zero_init_fraction": CFG_ZERO_STAR_ZERO_INIT,
+            "terms": [{"rule": "cfg_zero_star", "scale": 5.0}],
+        },
+    },
+    "apg": {
+        "formula": "D(cond) + (s - 1)(orth + eta par) of the momentum-averaged D(cond) - D(uncond), on x0",
+        "cost": "2 per step",
+        "note": (
+            "APG (Sadat et al. 2025): eta 0, momentum -0.5, on the clean-image estimate; norm_threshold is "
+            "model-dependent (0 = off)"
+        ),
+        "spec": {
+            "name": "apg",
+            "terms": [
+                {
+                    "rule": "apg",
+                    "scale": 5.0,
+                    "params": {"eta": 0.0, "norm_threshold": 0.0, "momentum": -0.5, "space": "x0"},
+                }
+            ],
+        },
+    },
+    "guidance_interval": {
+        "formula": "CFG inside the sigma window, D(cond) outside it",
+        "cost": "2 inside the window, 1 outside",
+        "note": (
+            "CFG only for flow sigma in (0.359, 0.916]: EDM2's interval (0.28, 5.42] (Kynkaanniemi et al. "
+            "2024) mapped by equal signal-to-noise ratio, t = s / (s + sigma_data), with EDM2's sigma_data = "
+            "0.5 and unit-variance latents (edm_sigma_to_flow); sigma_data= restates it, and the window is "
+            "tuned per model anyway"
+        ),
+        "spec": {
+            "name": "guidance_interval",
+            "terms": [{"rule": "cfg", "scale": 5.0, "interval": _guidance_interval_window(EDM2_SIGMA_DATA)}],
+        },
+    },
+    "autoguidance": {
+        "formula": "D(cond) + s (D(cond) - D_weak(cond))",
+        "cost": "1 + the weak branch (blocks it runs / all blocks; less with prefix sharing)",
+        "note": (
+            "Karras et al. 2024 with a layer-skipped weak model: D + (w-1)(D - D_weak), scale = w - 1 (w 1.5,"
+            " weak = skip single:0: the toy's measured setting)"
+        ),
+        "spec": {
+            "name": "autoguidance",
+            "branches": {"weak": {"prompt": "pos", "edits": _edits("skip", ["single:0"])}},
+            "terms": [{"rule": "delta", "scale": 0.5, "plus": "cond", "minus": "weak", "name": "autoguidance"}],
+        },
+    },
+    "slg": {
+        "formula": "CFG + s (D(cond) - D_skip(cond)) inside the step window",
+        "cost": "2, + 1 inside the window (less the skipped blocks and the shared prefix)",
+        "note": (
+            "SD3.5 skip-layer guidance: cond + (cfg-1)(cond - uncond) + 2.8 (cond - cond_skip[7,8,9]), third "
+            "pass on steps 0.01 N < i < 0.2 N, open at both ends as StableDiffusion3Pipeline (SD3.5 Medium)"
+        ),
+        "spec": {
+            "name": "slg",
+            "branches": {"skip": {"prompt": "pos", "edits": _edits("skip", ["blocks:7", "blocks:8", "blocks:9"])}},
+            "terms": [
+                {"rule": "cfg", "scale": 4.5},
+                {
+                    "rule": "delta",
+                    "scale": 2.8,
+                    "plus": "cond",
+                    "minus": "skip",
+                    "interval": {"start": 0.01, "end": 0.2, "unit": "step", "open": True},
+                    "name": "slg",
+                },
+            ],
+        },
+    },
+    "slg_weak_negative": {
+        "formula": "D_weak(uncond) + s (D(cond) - D_weak(uncond)) inside the window, CFG outside",
+        "cost": "2 (the negative runs fewer blocks inside the window)",
+        "note": (
+            "Wan community 'SLG' (Wan2GP, kijai): CFG whose negative branch skips block 9 on 10%-90% of the "
+            "steps; no extra pass (Wan2.1)"
+        ),
+        "spec": {
+            "name": "slg_weak_negative",
+            "branches": {"uncond_weak": {"prompt": "neg", "edits": _edits("skip", ["blocks:9"])}},
+            "terms": [
+                {"rule": "cfg", "scale": 5.0, "interval": [0.0, 0.1]},
+                {"rule": "cfg", "scale": 5.0, "minus": "uncond_weak", "interval": [0.1, 0.9], "name": "weak_negative"},
+                {"rule": "cfg", "scale": 5.0, "interval": [0.9, 1.0]},
+            ],
+        },
+    },
+    "stg": {
+        "formula": "CFG + s (D(cond) - D_skip(cond))",
+        "cost": "3 (the perturbed branch skips a block; prefix shared with cond)",
+        "note": "STG-R (Hyung et al. 2025): the weak model skips block 2, scale 2 (Wan2.1); stg_a is STG-A",
+        "spec": {
+            "name": "stg",
+            "branches": {"perturbed": {"prompt": "pos", "edits": _edits("skip", ["blocks:2"])}},
+            "terms": [
+                {"rule": "cfg", "scale": 5.0},
+                {"rule": "delta", "scale": 2.0, "plus": "cond", "minus": "perturbed", "name": "stg"},
+            ],
+        },
+    },
+    "stg_a": {
+        "formula": "CFG + s (D(cond) - D_idattn(cond))",
+        "cost": "3 (prefix shared with cond)",
+        "note": "STG-A (Hyung et al. 2025): identity attention in block 2, scale 2 (Wan2.1), perturbed as pag",
+        "spec": {
+            "name": "stg_a",
+            "branches": {"perturbed": {"prompt": "pos", "edits": _perturbed_attention(["blocks:2"])}},
+            "terms": [
+                {"rule": "cfg", "scale": 5.0},
+                {"rule": "delta", "scale": 2.0, "plus": "cond", "minus": "perturbed", "name": "stg_a"},
+            ],
+        },
+    },
+    "pag": {
+        "formula": "CFG + s (D(cond) - D_idattn(cond))",
+        "cost": "3 (prefix shared with cond)",
+        "note": (
+            "PAG (Ahn et al. 2024), scale 3, block 1 (diffusers' SD3 PAG default layer): image queries attend"
+            " to themselves among the image tokens and still to the text, text queries untouched "
+            "(identity_attn_in_stream@image = diffusers' PAGJointAttnProcessor2_0; the same mask on "
+            "Flux/CogView4 joint attention; identity attention on Wan)"
+        ),
+        "spec": {
+            "name": "pag",
+            "branches": {"perturbed": {"prompt": "pos", "edits": _perturbed_attention(["blocks:1"])}},
+            "terms": [
+                {"rule": "cfg", "scale": 5.0},
+                {"rule": "delta", "scale": 3.0, "plus": "cond", "minus": "perturbed", "name": "pag"},
+            ],
+        },
+    },
+    "strong_weak": {
+        "formula": "CFG + s (D_strong(cond) - D_weak(cond))",
+        "cost": "4 (2 for CFG + strong + weak; prefixes shared with cond)",
+        "note": (
+            "ours: D + (cfg-1)(D - D_uncond) + w (D_strong - D_weak); strong and weak are edit specs (toy "
+            "example: strong amplifies the residual update of single:3 by 1.5, weak removes single:0); a "
+            "strong edit must strengthen (scale alpha > 1, repeat, temperature tau < 1)"
+        ),
+        "spec": {
+            "name": "strong_weak",
+            "branches": {
+                "strong": {"prompt": "pos", "edits": {"edits": [{"op": "scale", "blocks": ["single:3"], "alpha": 1.5}]}},
+                "weak": {"prompt": "pos", "edits": _edits("skip", ["single:0"])},
+            },
+            "terms": [
+                {"rule": "cfg", "scale": 5.0},
+                {"rule": "delta", "scale": 1.0, "plus": "strong", "minus": "weak", "name": "strong_weak"},
+            ],
+        },
+    },
+}
+
+
+def preset(
+    name: str,
+    *,
+    scale: float | None = None,
+    cfg_scale: float | None = None,
+    blocks: Sequence[Any] | None = None,
+    interval: Any = None,
+    strong: Any = None,
+    weak: Any = None,
+    **params: Any,
+) -> dict:
+    """The dict of preset `name` with overrides; validated (GuidanceSpecError on a bad value).
+
+    scale: the method's own scale (the CFG scale for cfg-like presets; the extra term's otherwise).
+    cfg_scale: the CFG scale of presets that combine with CFG (0 or 1 removes the CFG term).
+    blocks: the edited blocks of the weak/perturbed branch. interval: the method term's interval.
+    strong / weak: edit specs of strong_weak (and weak of autoguidance). params: apg's eta,
+    norm_threshold, momentum, space; cfg_zero_star's zero_init_fraction; guidance_interval's
+    sigma_data (the EDM data std its window is mapped with, see `edm_sigma_to_flow`).
+    """
+    if isinstance(name, str) and name.startswith(SELECTED_PREFIX):
+        given = {k: v for k, v in (("scale", scale), ("cfg_scale", cfg_scale), ("blocks", blocks), ("interval", interval),
+                                   ("strong", strong), ("weak", weak)) if v is not None} | params
+        if given:
+            raise GuidanceSpecError(f"preset {name!r}: a selected preset takes no overrides (got {sorted(given)}); "
+                                    "it is used exactly as notebook 02 selected it")
+        return selected_preset(name[len(SELECTED_PREFIX):])
+    if name not in PRESETS:
+        raise GuidanceSpecError(f"preset name = {name!r}: must be one of {sorted(PRESETS)} or "
+                                f"'{SELECTED_PREFIX}<profile>' (the preset notebook 02 selected)")
+    d = copy.deepcopy(PRESETS[name]["spec"])
+    terms = d.get("terms", [])
+    cfg_like = name in ("cfg", "cfg_zero_star", "apg", "guidance_interval", "slg_weak_negative")
+    method_terms = terms if cfg_like else [t for t in terms if t["rule"] == "delta"]
+    if scale is not None:
+        for t in method_terms:
+            t["scale"] = scale
+    if cfg_scale is not None:
+        if cfg_like:
+            raise GuidanceSpecError(f"preset {name!r}: cfg_scale does not apply (use scale=)")
+        kept = [t for t in terms if t["rule"] != "cfg"]
+        d["terms"] = ([{"rule": "cfg", "scale": cfg_scale}] if cfg_scale not in (0, 1) else []) + kept
+    if interval is not None:
+        _override_interval(name, d, method_terms, interval)
+    perturbed = [k for k in ("weak", "skip", "uncond_weak", "perturbed") if k in d.get("branches", {})]
+    if isinstance(blocks, (str, int)) and not isinstance(blocks, bool):
+        blocks = [blocks]  # one block given bare ("single:1"), as BlockEdit takes it; never split into characters
+    if blocks is not None:
+        if isinstance(blocks, Mapping) or not isinstance(blocks, Sequence):
+            raise GuidanceSpecError(f"preset {name!r}: blocks = {blocks!r}: must be a block or a list of blocks "
+                                    "(global ints >= 0 or 'list:index', e.g. ['single:1'])")
+        if not perturbed:
+            raise GuidanceSpecError(f"preset {name!r}: blocks= does not apply (it has no edited branch)")
+        branch = d["branches"][perturbed[0]]
+        branch["edits"] = {"edits": [dict(e, blocks=list(blocks)) for e in branch["edits"]["edits"]]}
+    for key, value in (("strong", strong), ("weak", weak)):
+        if value is not None:
+            if key not in d.get("branches", {}):
+                raise GuidanceSpecError(f"preset {name!r}: {key}= does not apply (no {key!r} branch)")
+            d["branches"][key]["edits"] = copy.deepcopy(value)
+    _override_params(name, d, params, interval_given=interval is not None)
+    if name == "strong_weak":
+        _check_strengthening(d["branches"]["strong"]["edits"])
+    GuidanceSpec.from_dict(d)
+    return d
+
+
+SELECTED_PREFIX = "selected:"
+SELECTED_ROOT = "data/guidance"
+
+
+def selected_preset(profile: str, root: str | None = None) -> dict:
+    """The preset that the guidance design (notebook 02, stage guidance_design) selected on dev for
+    `profile`: `<root>/<profile>/selected.json` (root: data/guidance). Also reachable as
+    `preset("selected:<profile>")` and as `{preset: "selected:<profile>"}` in params.yaml."""
+    import json
+    from pathlib import Path
+
+    path = Path(SELECTED_ROOT if root is None else root) / str(profile) / "selected.json"
+    if not path.is_file():
+        raise GuidanceSpecError(f"preset '{SELECTED_PREFIX}{profile}': {path} does not exist; run the guidance_design "
+                                f"stage for profile {profile!r} (dvc repro guidance_design)")
+    try:
+        d = json.loads(path.read_text())["spec"]
+    except (ValueError, KeyError) as err:
+        raise GuidanceSpecError(
+            f"preset '{SELECTED_PREFIX}{profile}': {path} is not a selected-preset file ({err})"
+        ) from None
+    d = {**d, "name": f"selected_{profile}"}
+    GuidanceSpec.from_dict(d)
+    return d
+
+
+_PARAMETER_NAMES = {"scale": "alpha", "repeat": "times", "temperature": "tau"}
+
+
+def _check_strengthening(edits: Any) -> None:
+    """Refuse a strong branch whose edits weaken the model: guidance by the difference of two weakened
+    models is another method than the one strong_weak names. Only the op names and parameters are
+    read (the edit spec's own parsing, no model)."""
+    from ..edits.spec import EditError, EditSpec
+
+    try:
+        spec = EditSpec.parse(edits)
+    except EditError as err:
+        raise GuidanceSpecError(f"preset 'strong_weak': strong= {err}") from None
+    strengthens = {"scale": lambda e: e.alpha > 1, "repeat": lambda e: e.times > 1, "temperature": lambda e: e.tau < 1}
+    for e in spec:
+        if not strengthens.get(e.op, lambda e: False)(e):
+            what = f"{_PARAMETER_NAMES[e.op]} {e.parameter:g}" if e.op in _PARAMETER_NAMES else "removes computation"
+            raise GuidanceSpecError(
+                f"preset 'strong_weak': strong= edit {e.to_string()!r} ({e.op}, {what}) does not strengthen the "
+                "model, so the 'strong' branch would be a second weakened (or plain) one; a strong edit must be "
+                "scale with alpha > 1, repeat, or temperature with tau < 1 (write a full spec to guide by two "
+                "weakened models)"
+            )
+
+
+def _override_interval(name: str, d: dict, method_terms: list[dict], interval: Any) -> None:
+    terms = d.get("terms", [])
+    targets = [t for t in method_terms if t.get("name")] or method_terms
+    if name == "slg_weak_negative":
+        # Plain CFG before and after the window, CFG against the weakened negative inside it.
+        window = Interval.from_value(interval, "interval")
+        bounds = [(0.0, window.start), (window.start, window.end), (window.end, 1.0)]
+        for t, (a, b) in zip(terms, bounds):
+            t["interval"] = {"start": a, "end": b, "unit": window.unit}
+        d["terms"] = [t for t in terms if t["interval"]["start"] < t["interval"]["end"]]
+    elif name == "slg":
+        # SD3's skip_layer_guidance_start / _stop: an open window, unless a dict says otherwise.
+        window = Interval.from_value(interval, "interval").to_dict()
+        explicit = isinstance(interval, Mapping) and "open" in interval
+        for t in targets:
+            t["interval"] = window if explicit else {**window, "open": True}
+    else:
+        for t in targets:
+            t["interval"] = interval
+
+
+def _override_params(name: str, d: dict, params: dict, *, interval_given: bool) -> None:
+    """The method-specific overrides: apg's params, zero_init_fraction, sigma_data."""
+    params = dict(params)
+    if "zero_init_fraction" in params:
+        if name != "cfg_zero_star":
+            raise GuidanceSpecError(f"preset {name!r}: zero_init_fraction= applies to cfg_zero_star only")
+        d["zero_init_fraction"] = params.pop("zero_init_fraction")
+    if "sigma_data" in params:
+        sigma_data = params.pop("sigma_data")
+        if name != "guidance_interval":
+            raise GuidanceSpecError(f"preset {name!r}: sigma_data= applies to guidance_interval only")
+        if interval_given:
+            raise GuidanceSpecError("preset 'guidance_interval': give interval= or sigma_data=, not both")
+        _check_number(sigma_data, "sigma_data", lo=1e-12, allowed="> 0 (EDM's data standard deviation)")
+        d["terms"][0]["interval"] = _guidance_interval_window(float(sigma_data))
+    if params:
+        if name != "apg":
+            raise GuidanceSpecError(f"preset {name!r}: unknown overrides {sorted(params)}")
+        d["terms"][0]["params"].update(params)
