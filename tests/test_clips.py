@@ -15,7 +15,7 @@ def _truth(caption, positions, sizes, background=0.1):
     return C.ClipTruth(clip, np.asarray(positions, dtype=np.float64), tuple(sizes), (1.0,) * len(sizes), background)
 
 
-def _moving(caption="a red square moving right", start=(2.0, 5.0), v=(1.2, 0.0), size=6, frames=C.FRAMES):
+def _moving(caption="a red square moving right", start=(2.0, 5.0), v=(1.2, 0.0), size=7, frames=C.FRAMES):
     pos = [[[start[0] + v[0] * t, start[1] + v[1] * t] for t in range(frames)]]
     return _truth(caption, pos, [size])
 
@@ -144,25 +144,24 @@ def test_motion_smoothness_is_the_track_deviation_from_constant_velocity():
 
 def test_wrong_shape_wrong_colour_missing_object_and_swapped_relation():
     cap = "a red square moving up left of a blue circle staying still"
-    pos = [[[1.0, 9.0 - 1.2 * t] for t in range(C.FRAMES)], [[9.5, 4.0]] * C.FRAMES]
-    truth = _truth(cap, pos, [5, 6])
+    pos = [[[0.5, 9.0 - 1.2 * t] for t in range(C.FRAMES)], [[8.5, 4.0]] * C.FRAMES]
+    truth = _truth(cap, pos, [6, 7])
     good = _score(C.render_truth(truth), cap)
     assert good["spatial_relationship"] == 1.0 and good["multiple_objects"] == 1.0 and good["all_correct"] == 1.0
     # a triangle where the square should be: object class and multiple objects drop, colour is undefined for it
-    wrong_shape = _truth("a red triangle moving up left of a blue circle staying still", pos, [5, 6])
+    wrong_shape = _truth("a red triangle moving up left of a blue circle staying still", pos, [6, 7])
     s = _score(C.render_truth(wrong_shape), cap)
     assert s["object_class"] == 0.5 and s["multiple_objects"] == 0.0 and s["spatial_relationship"] == 0.0
     # colours swapped: shapes right, colours wrong
-    swapped = _truth("a blue square moving up left of a red circle staying still", pos, [5, 6])
+    swapped = _truth("a blue square moving up left of a red circle staying still", pos, [6, 7])
     s = _score(C.render_truth(swapped), cap)
     assert s["object_class"] == 1.0 and s["color"] == 0.0 and s["spatial_relationship"] == 0.0
     # the relation reversed: the captioned objects, but the red square on the right
-    reversed_ = _truth(cap, [pos[1], pos[0]], [5, 6])
-    reversed_ = _truth(cap, [[[9.5, 9.0 - 1.2 * t] for t in range(C.FRAMES)], [[1.0, 4.0]] * C.FRAMES], [5, 6])
+    reversed_ = _truth(cap, [[[8.5, 9.0 - 1.2 * t] for t in range(C.FRAMES)], [[0.5, 4.0]] * C.FRAMES], [6, 7])
     s = _score(C.render_truth(reversed_), cap)
     assert s["spatial_relationship"] == 0.0 and s["object_class"] == 1.0 and s["color"] == 1.0
     # only the square: the second object is missing
-    single = _truth("a red square moving up", pos[:1], [5])
+    single = _truth("a red square moving up", pos[:1], [6])
     s = _score(C.render_truth(single), cap)
     assert s["multiple_objects"] == 0.0 and s["object_class"] == 0.5 and s["shown_and_moving"] == 0.0
 
@@ -264,3 +263,38 @@ def test_training_config_is_validated():
         ClipsTrainConfig(num_layers=4)
     with pytest.raises(ValueError, match="train_toy_t2v.lr='1e-3'"):
         ClipsTrainConfig(lr="1e-3")
+
+
+def test_evaluation_end_to_end_on_a_tiny_untrained_model(tmp_path, monkeypatch):
+    """The evaluation path (profile -> load_pipeline -> renderer -> judges -> metrics, figures) on a
+    tiny random model saved as the profile's folder; same seeds for every method, resumable."""
+    import yaml
+
+    from ditguide.testbeds import plots_t2v
+    from ditguide.testbeds.evaluate_t2v import acceptance, evaluate_clips
+
+    monkeypatch.setenv("DITGUIDE_VBENCH_PYTHON", str(tmp_path / "no-vbench"))  # VBench's own flickering: skipped
+    pipe, twin = _tiny_pipe(0), _tiny_pipe(1)
+    pipe.save_pretrained(tmp_path / "model")
+    twin.save_pretrained(tmp_path / "twin")
+    params = yaml.safe_load(open(REPO / "params.yaml"))
+    params["profiles"]["clips"] = {**params["profiles"]["clips"], "model": str(tmp_path / "model"), "steps": 2}
+    kw = dict(per_set=10, seed_sets=3, cfg_scales=[3.0], specs=["stg"], twins={"twin": str(tmp_path / "twin")},
+              batch_size=16, params=params, runs_dir=str(tmp_path / "runs"))
+    result = evaluate_clips("clips", **kw)
+    m = result.metrics
+    assert set(m["methods"]) == {"none", "cfg@3", "stg", "ag_twin"}
+    assert all(e["count"] == 30 for e in m["methods"].values())
+    assert m["methods"]["cfg@3"]["nfe_per_step"] == 2.0 and 2.5 < m["methods"]["stg"]["nfe_per_step"] < 3.0
+    assert m["real"]["semantic"] == 1.0 and m["chance"]["semantic"] < 0.5
+    assert isinstance(acceptance(m)["headroom (unguided semantic <= 0.85)"], bool)
+    assert m["vbench_temporal_flickering"]["none"] is None
+    assert result.videos["none"].shape == (30, C.FRAMES, C.SIZE, C.SIZE, 3)
+    again = evaluate_clips("clips", **kw)  # reuses every chunk
+    np.testing.assert_array_equal(again.videos["stg"], result.videos["stg"])
+    assert "method" in plots_t2v.table(m) and "| none |" in plots_t2v.markdown_table(m)
+    with pytest.raises(ValueError, match="spec='nope' is not a guidance spec"):
+        evaluate_clips("clips", **{**kw, "specs": ["nope"]})
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -101,5 +101,5 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
 def test_bad_profile_fails_before_work(tmp_path):
     params = load_params(REPO / "params.yaml")
     params["profile"] = "flux-devv"
-    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
+    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
         stage_parameters("evaluate_t2i", params)

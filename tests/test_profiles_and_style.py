@@ -40,7 +40,7 @@ def test_out_of_range_parameters_name_the_parameter(params, key, value, message)
 
 
 def test_unknown_profile_and_missing_checkpoint(params, tmp_path):
-    with pytest.raises(ConfigError, match="allowed: cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
+    with pytest.raises(ConfigError, match="allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
         load_profile("sdxl", params)
     bad = copy.deepcopy(params)
     bad["profiles"]["toy"]["model"] = str(tmp_path / "nowhere")

@@ -13,7 +13,7 @@ canvas (left/right for "left of"/"right of", top/bottom for "above"/"below") and
 that axis (or stay still), so the captioned relation holds in every frame.
 
 Nuisance, so that a model can get things wrong without a caption saying so: the speed (1.0-1.4 px
-per frame), the object size (6-7 px alone, 5-6 px in pairs), the start position and the background
+per frame), the object size (7-8 px alone, 6-7 px in pairs), the start position and the background
 shade (grey, 0-0.2) vary per clip; objects are anti-aliased (4x supersampling), so motion is
 sub-pixel. Every render comes with its ground truth (`ClipTruth`): per object and frame, the
 top-left corner, size, colour and shape, so the judges (`ditguide.metrics.clips`) score it exactly.
@@ -57,8 +57,8 @@ RELATION_MOTIONS = {
     "below": ("moving left", "moving right", "staying still"),
 }
 SPEED = (1.0, 1.4)  # px per frame, uniform per clip and object
-SINGLE_SIZES = (6, 7)
-PAIR_SIZES = (5, 6)
+SINGLE_SIZES = (7, 8)
+PAIR_SIZES = (6, 7)
 BACKGROUND = (0.0, 0.2)  # grey shade, uniform per clip
 # (shape, motion) pairs never used in training captions: one moving direction per shape.
 HELDOUT_PAIRS = frozenset({("square", "moving left"), ("circle", "moving up"), ("triangle", "moving right"),

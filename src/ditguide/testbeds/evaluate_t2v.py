@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..metrics import clips as M
+from ..metrics import vbench_score as vb
 from ..profiles import ConfigError, load_params, load_pipeline, load_profile
 from ..render import PipelineRenderer, guidance_spec
 from . import clips
@@ -89,7 +90,7 @@ def score_sets(videos: np.ndarray, prompts: list[str], per_set: int) -> tuple[di
 
 def references(captions: list[str], seed_sets: int, seed: int = 0, frames: int = clips.FRAMES) -> tuple[dict, dict, np.ndarray]:
     """Real renders of the captions (one block per seed set) scored against their captions (the
-    ceiling) and against a fixed derangement of the captions (chance); and the first block's clips."""
+    ceiling) and against a fixed derangement of the captions (chance); and the clips (uint8)."""
     parsed = [clips.parse_caption(c) for c in captions]
     blocks = [clips.render(parsed, np.random.default_rng(seed + 1 + k), frames=frames)[0] for k in range(seed_sets)]
     videos = np.concatenate(blocks)
@@ -99,7 +100,7 @@ def references(captions: list[str], seed_sets: int, seed: int = 0, frames: int =
     wrong = [captions[j] for j in shift] * seed_sets
     real, _ = score_sets(videos, prompts, n)
     chance, _ = score_sets(videos, wrong, n)
-    return real, chance, np.round(blocks[0] * 255).astype(np.uint8)
+    return real, chance, np.round(videos * 255).astype(np.uint8)
 
 
 def _render_method(renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str) -> np.ndarray:
@@ -130,6 +131,37 @@ def _render_method(renderer: PipelineRenderer, prompts: list[str], out: Path, ba
         rendered += len(idx)
         print(f"  {label}: {k0 + len(idx)}/{len(prompts)} clips ({time.time() - start:.0f} s)", flush=True)
     return np.concatenate(chunks)
+
+
+def vbench_flickering(videos: np.ndarray, per_set: int) -> dict | None:
+    """VBench's own temporal_flickering (its `cal_score`, whole frames) on these clips, run in the VBench
+    environment, beside ours (the same formula on the static region only) and ours on whole frames.
+    None when the VBench environment is absent (the metrics then say so)."""
+    import subprocess
+    import tempfile
+
+    python = vb.default_vbench_python()
+    if not python.is_file():
+        return None
+    script = Path(M.__file__).with_name("vbench_flicker_run.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "clips.npy", Path(tmp) / "scores.json"
+        np.save(src, videos)
+        subprocess.run([str(python), str(script), str(src), str(out)], check=True, capture_output=True)
+        theirs = np.array(json.loads(out.read_text())["temporal_flickering"])
+    x = videos.astype(np.float64)
+    whole = (255.0 - np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3, 4))) / 255.0
+    ours = M.score_clips(videos, ["a red square staying still"] * len(videos))["temporal_flickering"]  # caption-free
+    sets = lambda v: [float(v[k : k + per_set].mean()) for k in range(0, len(v), per_set)]  # noqa: E731
+
+    def mean_se(v):
+        s_ = np.array(sets(v))
+        return float(s_.mean()), float(s_.std(ddof=1) / np.sqrt(len(s_))) if len(s_) > 1 else 0.0
+
+    return {"vbench": mean_se(theirs), "ours_static_region": mean_se(ours), "ours_whole_frame": mean_se(whole),
+            "max_abs_diff_vbench_vs_whole_frame_formula": float(np.abs(theirs - whole).max()),
+            "pearson_vbench_vs_ours": float(np.corrcoef(theirs, ours)[0, 1]) if theirs.std() > 0 and ours.std() > 0 else None,
+            "count": int(len(videos))}
 
 
 def evaluate_clips(
@@ -190,7 +222,11 @@ def evaluate_clips(
         "profile": profile, "split": split, "per_set": per_set, "seed_sets": seed_sets, "steps": prof.steps,
         "frames": frames, "base_seed": base_seed, "default_cfg_scale": prof.cfg_scale, "twin_scale": twin_scale,
         "specs": {name: spec.to_dict() for name, spec in guided.items()},
-        "real": real, "chance": chance, "methods": {}}, captions=captions)
+        "real": real, "chance": chance, "methods": {}, "vbench_temporal_flickering": {}}, captions=captions)
+    # VBench's own implementation where it runs on our clips (temporal_flickering; motion_smoothness
+    # needs the AMT weights, not available offline): the real renders, unguided and the default CFG.
+    vbench_methods = ("none", f"cfg@{prof.cfg_scale:g}")
+    result.metrics["vbench_temporal_flickering"]["real"] = vbench_flickering(real_clips, per_set)
     result.videos["real"] = real_clips
     for name, (renderer, cost) in renderers.items():
         t0 = time.time()
@@ -207,6 +243,8 @@ def evaluate_clips(
             entry.update(twin=str(twins[name[3:]]), twin_scale=twin_scale)
         result.metrics["methods"][name] = entry
         result.videos[name] = videos
+        if name in vbench_methods:
+            result.metrics["vbench_temporal_flickering"][name] = vbench_flickering(videos, per_set)
         print(f"{name}: Total {entry['total']:.3f} ± {entry['total_se']:.3f}, semantic {entry['semantic']:.3f}, "
               f"quality {entry['quality']:.3f}, shown & moving {entry['shown_and_moving']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return result

@@ -35,8 +35,9 @@ def ucurve_figure(metrics: dict):
         ax.set_xticks([*x, len(scales) + 0.2 + 0.15 * max(0, len(others) - 1)], [*(f"{s:g}" for s in scales), "other"])
         ax.set_xlabel("CFG scale")
         ax.set_ylabel(label)
-    axes[0].legend(frameon=False, loc="lower center", fontsize=5)
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, labels, frameon=False, loc="upper center", ncol=len(labels), fontsize=6, bbox_to_anchor=(0.5, 0.0))
     return fig
 
 
