@@ -304,7 +304,7 @@ def with_term(**changes):
         (with_term(interval=[0.5]), ["terms[0].interval", "[start, end]"]),
         (with_term(rule="cgf"), ["terms[0].rule", "cfg_zero_star"]),
         (with_term(minus="weak"), ["terms[0].minus", "'weak'", "uncond"]),
-        (with_term(params={"eta": 0.5}), ["terms[0].params", "only apg"]),
+        (with_term(params={"eta": 0.5}), ["terms[0].params", "rules with params: apg"]),
         (with_term(rule="apg", params={"eta": 2.0}), ["terms[0].params.eta", "[0, 1]"]),
         (with_term(rule="apg", params={"momentum": 1.0}), ["terms[0].params.momentum", "(-1, 1)"]),
         (with_term(rule="apg", params={"space": "latent"}), ["terms[0].params.space", "x0"]),

@@ -2,7 +2,7 @@
 cost accounting of guided steps. The denoiser that evaluates a spec in a pipeline is
 `ditguide.denoiser.GuidedDenoiser`.
 
-    rules.py    cfg, cfg_zero_star, apg, delta; RULES: name -> Rule(fn, primary, check)
+    rules.py    cfg, cfg_zero_star, apg, delta, tcfg, magnitude_aware, fdg; RULES: name -> Rule(fn, primary, check)
     spec.py     GuidanceSpec (branches, terms, intervals, combine), validation, to_dict / from_dict
     presets.py  PRESETS: one entry per method (formula, cost, note, spec); preset(); selected_preset()
     planner.py  which branches run together and which blocks they share (pure, no model)
@@ -32,6 +32,11 @@ from .rules import (
     cfg_zero_star_alpha,
     check_number,
     delta,
+    fdg,
+    laplacian_pyramid,
+    magnitude_aware,
+    pyramid_up,
+    tcfg,
 )
 from .spec import DEFAULT_BRANCHES, GUIDANCE_OFF, PROMPTS, UNITS, Branch, GuidanceSpec, Interval, StepInfo, Term
 
@@ -39,5 +44,6 @@ __all__ = [
     "APG_SPACES", "CFG_ZERO_STAR_ZERO_INIT", "DEFAULT_BRANCHES", "EDM2_GUIDANCE_INTERVAL", "EDM2_SIGMA_DATA",
     "GUIDANCE_OFF", "PRESETS", "PRIMARY_RULES", "PROMPTS", "RULES", "SELECTED_PREFIX", "UNITS", "Branch",
     "GuidanceSpec", "GuidanceSpecError", "Interval", "Rule", "RuleContext", "StepInfo", "Term", "apg", "cfg",
-    "cfg_zero_star", "cfg_zero_star_alpha", "check_number", "delta", "edm_sigma_to_flow", "preset", "selected_preset",
+    "cfg_zero_star", "cfg_zero_star_alpha", "check_number", "delta", "edm_sigma_to_flow", "fdg", "laplacian_pyramid",
+    "magnitude_aware", "preset", "pyramid_up", "selected_preset", "tcfg",
 ]

@@ -230,6 +230,39 @@ PRESETS: dict[str, dict] = {
             ],
         },
     },
+    # The CFG variants diffusers ships as guiders; each rule reproduces diffusers' guider (tests).
+    "tcfg": {
+        "formula": "u' + s (D(cond) - u'), u' = D(uncond) projected on the first right singular vector of [D(cond); D(uncond)]",
+        "cost": "2 per step",
+        "note": (
+            "tangential CFG (Kwon et al. 2025), diffusers' TangentialClassifierFreeGuidance: the negative keeps only "
+            "its component along the dominant singular direction of the pair (SVD per sample, float32); scale as cfg"
+        ),
+        "spec": {"name": "tcfg", "terms": [{"rule": "tcfg", "scale": 5.0}]},
+    },
+    "fdg": {
+        "formula": "pyrup-sum over Laplacian levels l of D_l(uncond) + s_l (D_l(cond) - D_l(uncond)); s_0 = s (highest frequency)",
+        "cost": "2 per step",
+        "note": (
+            "frequency-decoupled guidance (Sadat et al. 2025), diffusers' FrequencyDecoupledGuidance: CFG per level "
+            "of a 2-level Laplacian pyramid, 10 on the high and 5 on the low frequencies (the paper's SDXL setting, "
+            "diffusers' default); needs (batch, channels, height, width) predictions (SD3, CogView4), not Flux's "
+            "packed tokens or Wan's frames"
+        ),
+        "spec": {"name": "fdg", "terms": [{"rule": "fdg", "scale": 10.0, "params": {"low_scales": [5.0]}}]},
+    },
+    "magnitude_aware": {
+        "formula": "D(uncond) + s' (D(cond) - D(uncond)), s' = 1 + (s - 1) exp(-alpha |D(cond) - D(uncond)| / |D(uncond)|)",
+        "cost": "2 per step",
+        "note": (
+            "magnitude-aware guidance (MAMBO-G, Zhang et al. 2025), diffusers' MagnitudeAwareGuidance: the CFG scale "
+            "shrinks per sample where the update is large; s 10, alpha 8 (diffusers' defaults)"
+        ),
+        "spec": {
+            "name": "magnitude_aware",
+            "terms": [{"rule": "magnitude_aware", "scale": 10.0, "params": {"alpha": 8.0}}],
+        },
+    },
 }
 
 
@@ -250,7 +283,8 @@ def preset(
     cfg_scale: the CFG scale of presets that combine with CFG (0 or 1 removes the CFG term).
     blocks: the edited blocks of the weak/perturbed branch. interval: the method term's interval.
     strong / weak: edit specs of strong_weak (and weak of autoguidance). params: apg's eta,
-    norm_threshold, momentum, space; cfg_zero_star's zero_init_fraction; guidance_interval's
+    norm_threshold, momentum, space; fdg's low_scales, parallel_weights; magnitude_aware's alpha;
+    cfg_zero_star's zero_init_fraction; guidance_interval's
     sigma_data (the EDM data std its window is mapped with, see `edm_sigma_to_flow`).
     """
     if isinstance(name, str) and name.startswith(SELECTED_PREFIX):
@@ -265,7 +299,7 @@ def preset(
                                 f"'{SELECTED_PREFIX}<profile>' (the preset notebook 02 selected)")
     d = copy.deepcopy(PRESETS[name]["spec"])
     terms = d.get("terms", [])
-    cfg_like = name in ("cfg", "cfg_zero_star", "apg", "guidance_interval", "slg_weak_negative")
+    cfg_like = name in ("cfg", "cfg_zero_star", "apg", "guidance_interval", "slg_weak_negative", "tcfg") + PARAM_PRESETS
     method_terms = terms if cfg_like else [t for t in terms if t["rule"] == "delta"]
     if scale is not None:
         for t in method_terms:
@@ -299,6 +333,10 @@ def preset(
     GuidanceSpec.from_dict(d)
     return d
 
+
+# Presets whose one primary term takes params, given to preset() as keywords (fdg: low_scales,
+# parallel_weights; magnitude_aware: alpha); apg's are handled the same way.
+PARAM_PRESETS = ("fdg", "magnitude_aware")
 
 SELECTED_PREFIX = "selected:"
 SELECTED_ROOT = "data/guidance"
@@ -388,6 +426,6 @@ def _override_params(name: str, d: dict, params: dict, *, interval_given: bool) 
         _check_number(sigma_data, "sigma_data", lo=1e-12, allowed="> 0 (EDM's data standard deviation)")
         d["terms"][0]["interval"] = _guidance_interval_window(float(sigma_data))
     if params:
-        if name != "apg":
+        if name != "apg" and name not in PARAM_PRESETS:
             raise GuidanceSpecError(f"preset {name!r}: unknown overrides {sorted(params)}")
         d["terms"][0]["params"].update(params)

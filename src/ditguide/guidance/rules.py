@@ -120,7 +120,9 @@ APG_DEFAULTS = {"eta": 0.0, "norm_threshold": 0.0, "momentum": 0.0, "space": "pr
 
 def _no_params(params: Mapping[str, Any], where: str, rule: str) -> dict:
     if params:
-        raise GuidanceSpecError(f"{where}.params = {dict(params)!r}: rule {rule!r} takes no params (only apg does)")
+        with_params = sorted(k for k, r in RULES.items() if r.check is not _no_params)
+        raise GuidanceSpecError(f"{where}.params = {dict(params)!r}: rule {rule!r} takes no params (rules with params: "
+                                f"{', '.join(with_params)})")
     return {}
 
 
@@ -156,6 +158,138 @@ def _apg_rule(cond: torch.Tensor, uncond: torch.Tensor, scale: float, ctx: RuleC
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# The CFG variants diffusers ships as guiders (diffusers.guiders), in diffusers' operand order so that
+# the rule reproduces the guider's prediction (checked in tests/test_diffusers_baselines.py).
+
+
+def tcfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Tangential CFG (Kwon et al. 2025): the negative keeps only its component along the first right
+    singular vector of the per-sample 2 x D matrix [cond; uncond] (SVD in float32), then CFG.
+    diffusers' `TangentialClassifierFreeGuidance` (normalized_guidance), operation for operation."""
+    dtype = cond.dtype
+    preds = torch.stack([cond, uncond], dim=1).float().flatten(2)
+    _, _, vh = torch.linalg.svd(preds, full_matrices=False)
+    vh_first = vh.clone()
+    vh_first[:, 1] = 0
+    flat = uncond.reshape(uncond.size(0), 1, -1).float()
+    uncond = torch.matmul(torch.matmul(flat, vh.transpose(-2, -1)), vh_first).reshape(uncond.shape).to(dtype)
+    return uncond + scale * (cond - uncond)
+
+
+def magnitude_aware(cond: torch.Tensor, uncond: torch.Tensor, scale: float, alpha: float = 8.0) -> torch.Tensor:
+    """Magnitude-aware guidance (MAMBO-G, Zhang et al. 2025): CFG whose scale shrinks where the update is
+    large, `s' = 1 + (s - 1) exp(-alpha |cond - uncond| / |uncond|)` per sample, `uncond + s' (cond - uncond)`.
+    diffusers' `MagnitudeAwareGuidance` (mambo_guidance), operation for operation, on any number of dims."""
+    dims = list(range(1, cond.ndim))
+    diff = cond - uncond
+    # The Frobenius norm over all non-batch dims as a vector norm: what torch.norm computes for diffusers'
+    # 3-D predictions; torch.norm itself refuses more than 2 dims (diffusers' guider fails on 4-D/5-D).
+    ratio = torch.linalg.vector_norm(diff, 2, dims, keepdim=True) / torch.linalg.vector_norm(uncond, 2, dims, keepdim=True)
+    return uncond + (1.0 + (scale - 1.0) * torch.exp(-alpha * ratio)) * diff
+
+
+_PYRAMID_KERNEL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    # The 5x5 binomial kernel / 256 with reflect padding, per channel (kornia's filter2d in pyrdown/pyrup).
+    k = torch.outer(_PYRAMID_KERNEL, _PYRAMID_KERNEL).div(256.0).to(x)
+    channels = x.shape[1]
+    return torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), k.expand(channels, 1, 5, 5), groups=channels
+    )
+
+
+def _pyrdown(x: torch.Tensor) -> torch.Tensor:
+    size = [int(float(x.shape[2]) / 2), int(float(x.shape[3]) / 2)]
+    return torch.nn.functional.interpolate(_blur(x), size=size, mode="bilinear", align_corners=False)
+
+
+def pyramid_up(x: torch.Tensor) -> torch.Tensor:
+    """Upsample by 2 (bilinear) and blur: kornia's pyrup, which rebuilds an image from its Laplacian pyramid."""
+    up = torch.nn.functional.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2), mode="bilinear", align_corners=False)
+    return _blur(up)
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Laplacian pyramid of a (B, C, H, W) tensor, `levels` entries, highest frequency first: kornia's
+    build_laplacian_pyramid (which diffusers' FDG calls), in torch. H and W must be divisible by
+    2^(levels - 1) (kornia would pad; the guided prediction would then change shape)."""
+    stride = 1 << (levels - 1)
+    if x.ndim != 4 or x.shape[2] % stride or x.shape[3] % stride:
+        raise GuidanceSpecError(
+            f"fdg: the prediction has shape {tuple(x.shape)}; fdg needs (batch, channels, height, width) with height "
+            f"and width divisible by 2^(levels - 1) = {stride} (SD3, CogView4 latents; Flux packs latents into "
+            "tokens and Wan has frames, which fdg does not handle)"
+        )
+    gaussian = [x]
+    for _ in range(levels - 1):
+        gaussian.append(_pyrdown(gaussian[-1]))
+    return [gaussian[i] - pyramid_up(gaussian[i + 1]) for i in range(levels - 1)] + [gaussian[-1]]
+
+
+def fdg(
+    cond: torch.Tensor, uncond: torch.Tensor, scales: list[float], parallel_weights: list[float] | None = None
+) -> torch.Tensor:
+    """Frequency-decoupled guidance (Sadat et al. 2025): CFG per level of a Laplacian pyramid with its own
+    scale (`scales` from the highest frequency to the lowest), optionally with the parallel component of
+    each level's update (projected on that level of cond, in float64) weighted by `parallel_weights`;
+    the levels are summed back (pyrup). diffusers' `FrequencyDecoupledGuidance`, operation for operation."""
+    levels = len(scales)
+    if all(math.isclose(s, 1.0) for s in scales):
+        return cond  # as diffusers: every level at scale 1 is no guidance
+    weights = [1.0] * levels if parallel_weights is None else parallel_weights
+    cond_pyr, uncond_pyr = laplacian_pyramid(cond, levels), laplacian_pyramid(uncond, levels)
+    guided = []
+    for c, u, s, w in zip(cond_pyr, uncond_pyr, scales, weights):
+        shift = c - u
+        if not math.isclose(w, 1.0):
+            dims = list(range(1, shift.ndim))
+            v0, v1 = shift.double(), torch.nn.functional.normalize(c.double(), dim=dims)
+            parallel = (v0 * v1).sum(dim=dims, keepdim=True) * v1
+            shift = w * parallel.to(shift.dtype) + (v0 - parallel).to(shift.dtype)
+        guided.append(u + s * shift if not math.isclose(s, 1.0) else c)
+    out = guided[-1]
+    for level in range(levels - 2, -1, -1):
+        out = pyramid_up(out) + guided[level]
+    return out
+
+
+def _alpha_params(params: Mapping[str, Any], where: str, rule: str = "magnitude_aware") -> dict:
+    unknown = set(params) - {"alpha"}
+    if unknown:
+        raise GuidanceSpecError(f"{where}.params: unknown keys {sorted(unknown)}; {rule} allows ['alpha']")
+    alpha = check_number(params.get("alpha", 8.0), f"{where}.params.alpha", lo=0.0, allowed="finite and >= 0 (0: CFG)")
+    return {"alpha": alpha}
+
+
+def _fdg_params(params: Mapping[str, Any], where: str, rule: str = "fdg") -> dict:
+    unknown = set(params) - {"low_scales", "parallel_weights"}
+    if unknown:
+        raise GuidanceSpecError(f"{where}.params: unknown keys {sorted(unknown)}; fdg allows ['low_scales', 'parallel_weights']")
+    low = params.get("low_scales", [])
+    if isinstance(low, (str, bytes)) or not isinstance(low, (list, tuple)) or not low:
+        raise GuidanceSpecError(f"{where}.params.low_scales = {low!r}: must be a non-empty list of scales, one per "
+                                "lower-frequency level (the term's scale is the highest level's)")
+    low = [check_number(v, f"{where}.params.low_scales[{i}]", lo=0.0, allowed="finite and >= 0") for i, v in enumerate(low)]
+    weights = params.get("parallel_weights")
+    if weights is not None:
+        if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+            weights = [weights] * (len(low) + 1)
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(low) + 1:
+            raise GuidanceSpecError(f"{where}.params.parallel_weights = {weights!r}: must be null, a number, or a list "
+                                    f"of {len(low) + 1} numbers (one per level)")
+        weights = [check_number(v, f"{where}.params.parallel_weights[{i}]", lo=0.0, allowed="finite and >= 0 (1: CFG's "
+                                "update)") for i, v in enumerate(weights)]
+    return {"low_scales": low, "parallel_weights": weights}
+
+
+def _fdg_rule(cond: torch.Tensor, uncond: torch.Tensor, scale: float, ctx: RuleContext) -> torch.Tensor:
+    p = ctx.params
+    return fdg(cond, uncond, [scale, *p["low_scales"]], p["parallel_weights"])
+
+
 @dataclass(frozen=True)
 class Rule:
     fn: Callable[[torch.Tensor, torch.Tensor, float, RuleContext], torch.Tensor]
@@ -168,5 +302,8 @@ RULES: dict[str, Rule] = {
     "cfg_zero_star": Rule(lambda plus, minus, s, ctx: cfg_zero_star(plus, minus, s), primary=True),
     "apg": Rule(_apg_rule, primary=True, check=_apg_params),
     "delta": Rule(lambda plus, minus, s, ctx: delta(plus, minus, s), primary=False),
+    "tcfg": Rule(lambda plus, minus, s, ctx: tcfg(plus, minus, s), primary=True),
+    "magnitude_aware": Rule(lambda p, m, s, ctx: magnitude_aware(p, m, s, ctx.params["alpha"]), True, _alpha_params),
+    "fdg": Rule(_fdg_rule, primary=True, check=_fdg_params),
 }
 PRIMARY_RULES = tuple(k for k, r in RULES.items() if r.primary)
