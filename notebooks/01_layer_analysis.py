@@ -13,8 +13,9 @@
 
 # %% [markdown]
 # # Layer analysis: what each block contributes, when, and which weakenings err the way the model errs
-# Two scans over every block x edit (`ditguide.analysis`): a denoiser-level scan (residual norms and
-# the error alignment cos(D_edit - D, D - D*) against the exact ideal denoiser D*) and a
+# Two scans over every block x edit (`ditguide.analysis`), on either testbed (`ditguide.testbeds.beds`):
+# a denoiser-level scan (residual norms and the error alignment cos(D_edit - D, D - D*) against the
+# ideal denoiser D*: exact on the glyph scenes, a posterior mean over sampled renders on the clips) and a
 # generation-level scan (the change in FD, alignment and perceptual distance against the unedited
 # model on the same seeds, dev captions, small N). Every number carries its standard error.
 
@@ -28,9 +29,9 @@ seed_sets = 3
 edits = ["skip", "skip_attn", "skip_ff", "scale0.5", "scale1.5", "identity_attn", "temperature2"]
 window_edits = ["skip", "scale1.5"]
 scan_blocks = None  # None: every block; a list of addresses restricts both scans (tests)
-twins = {"twin_early": "data/scenes/twin_early", "twin_shallow": "data/scenes/twin_shallow"}
+twins = None  # None: the trained twins next to the profile's model (twin_* folders); {name: folder} otherwise
 params_file = "params.yaml"
-judge_path = "data/scenes/judge.safetensors"
+judge_path = "data/scenes/judge.safetensors"  # the scene judge (image testbed only; the clip judges are exact)
 runs_dir = "runs"
 output_root = "."
 
@@ -44,42 +45,47 @@ import numpy as np
 from ditguide import analysis, style
 from ditguide.metrics.scenes import load_judge
 from ditguide.profiles import load_pipeline, load_profile
-from ditguide.testbeds import scenes
+from ditguide.testbeds.beds import bed_for
 
 style.use()
 root = Path(output_root)
 prof = load_profile(profile, params_file)
-if prof.family != "toy" or (prof.height, prof.width) != (scenes.SIZE, scenes.SIZE):
-    raise SystemExit(f"layer analysis needs a testbed profile with a known ideal denoiser (e.g. scenes); {profile!r} is "
-                     f"{prof.family} at {prof.height}x{prof.width}. Real-model scans are not built yet.")
+bed = bed_for(prof)  # the testbed's ideal denoiser, sampler and scores; a real model is refused here
+if bed.name == "scenes":
+    bed.judge = load_judge(judge_path)
 pipe = load_pipeline(prof)
-judge = load_judge(judge_path)
+if twins is None:
+    twins = {p.name: str(p) for p in sorted(Path(prof.model).parent.glob("twin_*")) if (p / "model_index.json").is_file()}
 twin_models = {name: type(pipe).from_pretrained(folder).transformer.eval() for name, folder in twins.items()}
 blocks = scan_blocks or analysis.block_addresses(pipe.transformer)
+A, Q = bed.alignment, bed.quality  # the CLIP-SIM and FID analogues of this testbed
 print(f"{profile}: {len(blocks)} blocks ({', '.join(blocks)}); edits: {', '.join(edits)}")
 
 # %% [markdown]
 # ## Denoiser-level scan (exact, no sampling)
 
 # %%
-captions = [s.caption() for s in scenes.caption_set(split, denoiser_samples)]
-denoiser = analysis.denoiser_scan(pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks)
+captions = bed.captions(split, denoiser_samples)
+denoiser = analysis.denoiser_scan(pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks, bed=bed)
 print("model error |D - D*| / |D*| per t:", dict(zip(t_grid, np.round(denoiser["model_error"], 3))))
+if "ideal_agreement" in denoiser:
+    print(f"D* is {denoiser['ideal']}; two independent estimates differ by (per t):",
+          dict(zip(t_grid, np.round(denoiser["ideal_agreement"], 3))))
 
 # %% [markdown]
 # ## Generation-level scan (dev captions, same seeds as the unedited model; resumable)
 
 # %%
-gen_captions = [s.caption() for s in scenes.caption_set(split, per_set)]
+gen_captions = bed.captions(split, per_set)
 partial = Path(runs_dir) / profile / "analysis" / "generation_scan.json"
-generation = analysis.generation_scan(pipe, judge, gen_captions, steps=prof.steps, seed_sets=seed_sets, edits=edits,
+generation = analysis.generation_scan(pipe, bed, gen_captions, steps=prof.steps, seed_sets=seed_sets, edits=edits,
                                       window_edits=window_edits, out_path=partial, blocks=scan_blocks)
 print("unedited (no guidance):", {k: round(v, 3) for k, v in generation["base"].items()})
 
 # %%
 scores = {"profile": profile, "model": prof.model, "blocks": blocks, "schema": analysis.SCHEMA, "denoiser": denoiser,
           "generation": generation}
-scores["candidates"] = analysis.rank_candidates(scores)
+scores["candidates"] = analysis.rank_candidates(scores, bed=bed)
 style.write_text(root / f"data/analysis/{profile}/layer_scores.json", json.dumps(scores, indent=1) + "\n")
 
 # %% [markdown]
@@ -88,7 +94,7 @@ style.write_text(root / f"data/analysis/{profile}/layer_scores.json", json.dumps
 # %%
 records = [r for r in generation["records"] if r["window"] == "all"]
 fig, axes = plt.subplots(1, 3, figsize=(style.FULL, style.FULL / 2.2))
-for ax, (key, title) in zip(axes, (("d_all", "change in all-correct"), ("d_fd", "change in FD (small N)"),
+for ax, (key, title) in zip(axes, ((f"d_{A}", f"change in {A}"), (f"d_{Q}", f"change in {Q} (small N)"),
                                    ("perceptual", "perceptual change"))):
     grid = analysis.table_of(records, "block", "edit", key, blocks, edits)
     analysis.heatmap(ax, grid, blocks, edits, title, cmap="RdBu_r" if key != "perceptual" else "viridis", center=key != "perceptual")
@@ -103,8 +109,8 @@ plt.show()
 fig, axes = plt.subplots(1, len(window_edits), figsize=(style.FULL * 0.7, style.FULL / 2.2), squeeze=False)
 for ax, edit in zip(axes[0], window_edits):
     recs = [r for r in generation["records"] if r["edit"] == edit and r["window"] != "all"]
-    grid = analysis.table_of(recs, "block", "window", "d_all", blocks, list(analysis.WINDOWS))
-    analysis.heatmap(ax, grid, blocks, list(analysis.WINDOWS), f"{edit}: change in all-correct")
+    grid = analysis.table_of(recs, "block", "window", f"d_{A}", blocks, list(analysis.WINDOWS))
+    analysis.heatmap(ax, grid, blocks, list(analysis.WINDOWS), f"{edit}: change in {A}")
 fig.tight_layout()
 style.save_figure(fig, root / f"figures/layer_map_{profile}_windows.pdf")
 plt.show()
@@ -148,8 +154,8 @@ print(f"Vital blocks (largest perceptual change when skipped): {', '.join(vital)
       f"most redundant: {', '.join(redundant)}.")
 for w in window_edits:
     recs = [r for r in generation["records"] if r["edit"] == w and r["window"] != "all"]
-    harm = {win: np.mean([abs(r["d_all"]) for r in recs if r["window"] == win]) for win in analysis.WINDOWS}
-    print(f"{w}: mean |change in all-correct| by window: " + ", ".join(f"{k} {v:.3f}" for k, v in harm.items()))
+    harm = {win: np.mean([abs(r[f"d_{A}"]) for r in recs if r["window"] == win]) for win in analysis.WINDOWS}
+    print(f"{w}: mean |change in {A}| by window: " + ", ".join(f"{k} {v:.3f}" for k, v in harm.items()))
 twin_align = scores["candidates"]["twin_alignment"]
 print("Error alignment of the trained twins (mean over t): " + ", ".join(f"{k} {v:+.3f}" for k, v in twin_align.items()))
 cands = scores["candidates"]["weak"]
@@ -159,5 +165,5 @@ mean_align = {b: np.mean([r["cos"] for r in denoiser["alignment"] if r["edit"] =
 overlap = set(vital) & set(sorted(mean_align, key=lambda b: -mean_align[b])[:3])
 print(f"Do the blocks that hurt most when skipped also align best? Top-3 overlap: {sorted(overlap) or 'none'}.")
 strong = scores["candidates"]["strong"]
-print("Edits that improve a metric by > 2 SE: " + ("; ".join(f"{s['spec']} [{s['window']}] d_all {s['d_all']:+.3f}, d_fd {s['d_fd']:+.3f}"
+print("Edits that improve a metric by > 2 SE: " + ("; ".join(f"{s['spec']} [{s['window']}] d_{A} {s[f'd_{A}']:+.3f}, d_{Q} {s[f'd_{Q}']:+.3f}"
                                                            for s in strong[:5]) if strong else "none."))

@@ -103,3 +103,18 @@ def test_bad_profile_fails_before_work(tmp_path):
     params["profile"] = "flux-devv"
     with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
         stage_parameters("evaluate_t2i", params)
+
+
+def test_layer_analysis_notebook_runs_on_the_video_testbed(tmp_path):
+    """Notebook 01 unchanged on the T2V testbed: its bed (sampled D*, exact clip judges) and its twin."""
+    params = stage_parameters("layer_analysis", load_params(REPO / "params.yaml"), {"profile": "clips"})
+    params.update(denoiser_samples=2, t_grid=[0.5], per_set=3, seed_sets=3, edits=["skip"], window_edits=["skip"],
+                  scan_blocks=["blocks:0", "blocks:7"], output_root=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    run_notebook(REPO / "notebooks/01_layer_analysis.py", tmp_path / "executed.ipynb", params, cwd=REPO)
+    scores = json.loads((tmp_path / "data/analysis/clips/layer_scores.json").read_text())
+    assert scores["blocks"] == ["blocks:0", "blocks:7"]
+    assert {r["edit"] for r in scores["denoiser"]["alignment"]} >= {"skip", "twin:twin_early"}  # the twin next to the model
+    assert len(scores["denoiser"]["ideal_agreement"]) == 1
+    assert len(scores["generation"]["records"]) == 2 + 2 * 3 and "d_semantic" in scores["generation"]["records"][0]
+    for name in ("edits", "windows", "alignment"):
+        assert (tmp_path / f"figures/layer_map_clips_{name}.pdf").is_file()

@@ -152,33 +152,40 @@ class SceneDenoiser:
         return unpack(x - t * v, 16, 16).double().numpy()
 
 
-def noisy_training_renders(captions: Sequence[str], t_grid: Sequence[float], seed: int = 0) -> dict[float, np.ndarray]:
-    """x_t per t from train-pool renders of `captions` (the data the model was fit to), seeded."""
-    from .testbeds import scenes
-
+def noisy_training_renders(captions: Sequence[str], t_grid: Sequence[float], seed: int = 0, bed=None) -> dict[float, np.ndarray]:
+    """x_t per t from training renders of `captions` (the data the model was fit to), seeded."""
+    bed = _bed(bed)
     rng = np.random.default_rng(seed)
-    x0 = scenes.render([scenes.parse_caption(c) for c in captions], *scenes.glyph_pool("train"), rng) * 2.0 - 1.0
+    x0 = bed.clean(captions, rng)
     return {t: (1 - t) * x0 + t * rng.standard_normal(x0.shape) for t in t_grid}
 
 
-def denoiser_scan(pipe, captions: Sequence[str], *, edits: Sequence[str] = tuple(EDITS), t_grid=T_GRID,
-                  twins: dict | None = None, seed: int = 0, blocks: Sequence[str] | None = None, progress: bool = True) -> dict:
-    """Residual norms per block and error alignment per block x edit (and per twin), at each t."""
-    from .testbeds import scenes
+def _bed(bed):
+    """The testbed adapter (ditguide.testbeds.beds); None is the glyph-scene testbed."""
+    from .testbeds.beds import ScenesBed
 
+    return ScenesBed() if bed is None else bed
+
+
+def denoiser_scan(pipe, captions: Sequence[str], *, edits: Sequence[str] = tuple(EDITS), t_grid=T_GRID,
+                  twins: dict | None = None, seed: int = 0, blocks: Sequence[str] | None = None, progress: bool = True,
+                  bed=None) -> dict:
+    """Residual norms per block and error alignment per block x edit (and per twin), at each t."""
+    bed = _bed(bed)
     for e in edits:
         edit_string(e, "x")  # validate names before any work
-    parsed = [scenes.parse_caption(c) for c in captions]
-    den = SceneDenoiser(pipe, captions)
+    den = bed.denoiser(pipe, captions)
     model = pipe.transformer
     blocks = _check_blocks(model, blocks)
-    xs = noisy_training_renders(captions, t_grid, seed)
-    out = {"t_grid": list(t_grid), "samples": len(captions), "ideal": "exact posterior mean over the train glyph pool",
+    xs = noisy_training_renders(captions, t_grid, seed, bed)
+    out = {"t_grid": list(t_grid), "samples": len(captions), "ideal": bed.ideal_note,
            "model_error": [], "residuals": [], "alignment": []}
+    if hasattr(bed, "ideal_agreement"):  # a sampled D*: how close two independent estimates are, per t
+        out["ideal_agreement"] = [bed.ideal_agreement(xs[t], t, captions) for t in t_grid]
     bar = tqdm(total=len(t_grid) * (1 + len(blocks) * len(edits) + len(twins or {})), desc="denoiser scan", disable=not progress,
                mininterval=5)
     for t in t_grid:
-        ideal = scenes.ideal_x0(xs[t], t, parsed)
+        ideal = bed.ideal(xs[t], t, captions)
         with ResidualProbe(model) as probe:
             d = den(xs[t], t)
         bar.update()
@@ -218,13 +225,12 @@ def _window_steps(window: tuple[float, float], steps: int) -> set[int]:
 
 @torch.no_grad()
 def sample_with_edit(pipe, captions: Sequence[str], indices: Sequence[int], *, spec: str | None, steps: int,
-                     active: set[int] | None = None, base_seed: int = 0, batch_size: int = 256) -> np.ndarray:
-    """uint8 samples (N, H, W, 3), no guidance, with `spec` attached at the steps in `active` (all if None).
+                     active: set[int] | None = None, base_seed: int = 0, batch_size: int = 256, bed=None) -> np.ndarray:
+    """uint8 samples (the bed's layout), no guidance, with `spec` attached at the steps in `active` (all if None).
 
     The edit is attached before a step and removed after it by the pipeline's step callback, so the
     sampler itself is untouched; per-index noise keeps every sample's seed independent of batching."""
-    from .render import to_uint8
-
+    bed = _bed(bed)
     out = []
     for start in range(0, len(captions), batch_size):
         chunk = slice(start, start + batch_size)
@@ -244,24 +250,12 @@ def sample_with_edit(pipe, captions: Sequence[str], indices: Sequence[int], *, s
 
         toggle(0)
         try:
-            images = pipe(prompt=list(captions[chunk]), indices=list(indices[chunk]), base_seed=base_seed, num_inference_steps=steps,
-                          guidance_scale=1.0, height=16, width=16, callback_on_step_end=callback).images
+            images = bed.sample(pipe, captions[chunk], indices[chunk], steps=steps, base_seed=base_seed, callback=callback)
         finally:
             if handle["h"] is not None:
                 handle["h"].remove()
-        out.append(to_uint8(images))
+        out.append(images)
     return np.concatenate(out)
-
-
-def _score_sets(judge, images: np.ndarray, captions: list[str], reference: np.ndarray, per_set: int) -> list[dict]:
-    from .metrics.scenes import read, scene_metrics
-
-    judged = read(judge, images)
-    sets = []
-    for k0 in range(0, len(images), per_set):
-        part = {k: v[k0 : k0 + per_set] for k, v in judged.items()}
-        sets.append({**scene_metrics(part, captions[k0 : k0 + per_set], reference), "features": part["features"]})
-    return sets
 
 
 def generation_configs(blocks: Sequence[str], edits: Sequence[str], window_edits: Sequence[str] = WINDOW_EDITS) -> list[tuple[str, str, str]]:
@@ -274,35 +268,36 @@ def generation_configs(blocks: Sequence[str], edits: Sequence[str], window_edits
 def generation_scan(pipe, judge, captions: Sequence[str], *, steps: int, seed_sets: int = 3, edits: Sequence[str] = tuple(EDITS),
                     window_edits: Sequence[str] = WINDOW_EDITS, base_seed: int = 0, out_path: str | Path | None = None,
                     blocks: Sequence[str] | None = None, progress: bool = True) -> dict:
-    """Every (edit, block, window) against the unedited model on the same seeds. With `out_path`,
-    finished records are saved after each config and a rerun skips them."""
-    from .metrics.scenes import read
-    from .testbeds import scenes
+    """Every (edit, block, window) against the unedited model on the same seeds. `judge` is a testbed
+    adapter (ditguide.testbeds.beds) or the scene judge. With `out_path`, finished records are saved
+    after each config and a rerun skips them."""
+    from .testbeds.beds import ClipsBed, ScenesBed
 
+    bed = judge if isinstance(judge, (ScenesBed, ClipsBed)) else ScenesBed(judge)
     for e in (*edits, *window_edits):
         edit_string(e, "x")
     per_set = len(captions)
     prompts = list(captions) * seed_sets
     indices = list(range(len(prompts)))
-    parsed = [scenes.parse_caption(c) for c in captions]
-    reference = read(judge, scenes.render(parsed * 4, *scenes.glyph_pool("heldout"), np.random.default_rng(seed_sets)))["features"]
+    reference = bed.reference(captions, seed_sets)
     blocks = _check_blocks(pipe.transformer, blocks)
     from .render import _weights_fingerprint
 
     weights = _weights_fingerprint(pipe)  # a retrained model never reuses old records
     done = _load_partial(out_path, per_set, seed_sets, steps, weights)
-    base_images = sample_with_edit(pipe, prompts, indices, spec=None, steps=steps, base_seed=base_seed)
-    base = _score_sets(judge, base_images, prompts, reference, per_set)
+    base_images = sample_with_edit(pipe, prompts, indices, spec=None, steps=steps, base_seed=base_seed, bed=bed)
+    base = bed.score_sets(base_images, prompts, reference, per_set)
     result = {"samples": len(prompts), "seed_sets": seed_sets, "per_set": per_set, "steps": steps, "weights": weights,
-              "base": {k: _mean_se([s[k] for s in base])[0] for k in ("fd", "all", "digit", "colour", "relation")},
+              "base": {k: _mean_se([s[k] for s in base])[0] for k in bed.keys},
               "records": list(done.values())}
     todo = [c for c in generation_configs(blocks, edits, window_edits) if c not in done]
     for edit, block, window in tqdm(todo, desc="generation scan", disable=not progress, mininterval=5):
         active = None if window == "all" else _window_steps(WINDOWS[window], steps)
-        images = sample_with_edit(pipe, prompts, indices, spec=edit_string(edit, block), steps=steps, active=active, base_seed=base_seed)
-        sets = _score_sets(judge, images, prompts, reference, per_set)
+        images = sample_with_edit(pipe, prompts, indices, spec=edit_string(edit, block), steps=steps, active=active,
+                                  base_seed=base_seed, bed=bed)
+        sets = bed.score_sets(images, prompts, reference, per_set)
         record = {"edit": edit, "block": block, "window": window}
-        for key in ("fd", "all", "digit", "colour", "relation"):
+        for key in bed.keys:
             record[f"d_{key}"], record[f"d_{key}_se"] = _mean_se([s[key] - b[key] for s, b in zip(sets, base)])
         perceptual = [np.linalg.norm(s["features"] - b["features"], axis=1).mean() for s, b in zip(sets, base)]
         record["perceptual"], record["perceptual_se"] = _mean_se(perceptual)
@@ -333,10 +328,14 @@ def _save_partial(path, result: dict) -> None:
 
 # ---- reading the map -------------------------------------------------------------------------------
 
-def rank_candidates(scores: dict, top: int = 8) -> dict:
+def rank_candidates(scores: dict, top: int = 8, bed=None) -> dict:
     """Weak-edit candidates: edits that change the output (perceptual change) and whose error
     alignment, averaged over t, is positive: ranked by alignment. Strong-edit candidates: edits
-    whose generation-level change improves FD or all-correct by more than two standard errors."""
+    whose generation-level change improves the bed's quality metric (FD on scenes) or its alignment
+    metric (all-correct on scenes) by more than two standard errors."""
+    bed = _bed(bed)
+    a, q = bed.alignment, bed.quality
+    sign = 1.0 if bed.quality_higher_better else -1.0  # +1: a rise in q is an improvement
     align: dict[tuple, list] = {}
     for r in scores["denoiser"]["alignment"]:
         align.setdefault((r["edit"], r["block"]), []).append(r["cos"])
@@ -347,17 +346,17 @@ def rank_candidates(scores: dict, top: int = 8) -> dict:
             continue
         g = gen.get((edit, block), {})
         weak.append({"edit": edit, "block": block, "spec": edit_string(edit, block), "alignment": float(np.mean(cos)),
-                     "perceptual": g.get("perceptual"), "d_fd": g.get("d_fd"), "d_all": g.get("d_all")})
+                     "perceptual": g.get("perceptual"), f"d_{q}": g.get(f"d_{q}"), f"d_{a}": g.get(f"d_{a}")})
     weak = [w for w in weak if w["alignment"] > 0]
     weak.sort(key=lambda w: -w["alignment"])
     strong = []
     for r in scores["generation"]["records"]:
-        better_all = r["d_all"] > 2 * r["d_all_se"] and r["d_all"] > 0
-        better_fd = r["d_fd"] < -2 * r["d_fd_se"] and r["d_fd"] < 0
-        if better_all or better_fd:
-            strong.append({k: r[k] for k in ("edit", "block", "window", "d_fd", "d_fd_se", "d_all", "d_all_se")}
+        better_a = r[f"d_{a}"] > 2 * r[f"d_{a}_se"] and r[f"d_{a}"] > 0
+        better_q = sign * r[f"d_{q}"] > 2 * r[f"d_{q}_se"] and sign * r[f"d_{q}"] > 0
+        if better_a or better_q:
+            strong.append({k: r[k] for k in ("edit", "block", "window", f"d_{q}", f"d_{q}_se", f"d_{a}", f"d_{a}_se")}
                           | {"spec": edit_string(r["edit"], r["block"])})
-    strong.sort(key=lambda r: (-r["d_all"], r["d_fd"]))
+    strong.sort(key=lambda r: (-r[f"d_{a}"], -sign * r[f"d_{q}"]))
     twins = {r["edit"]: float(np.mean([x["cos"] for x in scores["denoiser"]["alignment"] if x["edit"] == r["edit"]]))
              for r in scores["denoiser"]["alignment"] if r["block"] is None}
     return {"weak": weak[:top], "strong": strong[:top], "twin_alignment": twins}
