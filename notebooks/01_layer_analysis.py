@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 profile = "scenes"
 split = "dev"
-denoiser_samples = 128
+denoiser_samples = 128  # or {profile: count}
 t_grid = [0.95, 0.8, 0.6, 0.4, 0.2, 0.05]
 per_set = 32
 seed_sets = 3
@@ -65,7 +65,8 @@ print(f"{profile}: {len(blocks)} blocks ({', '.join(blocks)}); edits: {', '.join
 # ## Denoiser-level scan (exact, no sampling)
 
 # %%
-captions = bed.captions(split, denoiser_samples)
+n_denoiser = denoiser_samples[profile] if isinstance(denoiser_samples, dict) else denoiser_samples
+captions = bed.captions(split, n_denoiser)
 denoiser = analysis.denoiser_scan(pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks, bed=bed)
 print("model error |D - D*| / |D*| per t:", dict(zip(t_grid, np.round(denoiser["model_error"], 3))))
 if "ideal_agreement" in denoiser:
