@@ -20,24 +20,34 @@ def _ci(entry: dict, key: str) -> float:
 
 
 def pareto_figure(dev: dict, test: dict, alignment: str = "all"):
-    """Left: every dev configuration (one seed set), a family's configs joined in knob order. Right:
-    the test methods, mean with 95 % t-intervals over seed sets. Lower right is better."""
+    """Left: every dev configuration (one seed set), a family's configs joined in knob order (the y
+    axis is clipped to the bulk; far-off configs sit on the top edge). Right: the test methods, mean
+    with one standard error over seed sets, the CFG sweep joined in scale order. Lower right is better."""
     import matplotlib.pyplot as plt
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(FULL, FULL / 2.3))
+    fds = [c["rung0"]["fd"] for rec in dev["families"].values() for c in rec["configs"]]
+    top = 1.6 * float(sorted(fds)[len(fds) // 2])
     for fam, rec in dev["families"].items():
-        pts = sorted((c["knob"] if c["knob"] is not None else 0.0, c["rung0"][alignment], c["rung0"]["fd"]) for c in rec["configs"])
+        pts = sorted((c["knob"] if c["knob"] is not None else 0.0, c["rung0"][alignment], min(c["rung0"]["fd"], top))
+                     for c in rec["configs"])
         if not pts:
             continue
         _, x, y = zip(*pts)
         style = "-o" if fam in ("cfg", "cfg_zero_star", "apg", "guidance_interval") else "o"
         ax0.plot(x, y, style, ms=3, lw=0.8, color=FAMILY_COLORS.get(fam, "k"), label=fam)
+    ax0.set_ylim(top=top * 1.02)
     ax0.set_title("dev search (1 seed set per config)")
-    for name, m in test["methods"].items():
-        ax1.errorbar(m[alignment], m["fd"], xerr=_ci(m, alignment), yerr=_ci(m, "fd"), fmt="o", ms=3.5, lw=0.8, capsize=1.5,
+    methods = test["methods"]
+    sweep = sorted((m["method"]["cfg_scale"], m) for m in methods.values() if m["family"] in ("cfg", "none"))
+    ax1.plot([m[alignment] for _, m in sweep], [m["fd"] for _, m in sweep], "-", lw=0.8, color=FAMILY_COLORS["cfg"])
+    for name, m in methods.items():
+        ax1.errorbar(m[alignment], m["fd"], xerr=m[f"{alignment}_se"], yerr=m["fd_se"], fmt="o", ms=3.5, lw=0.8, capsize=1.5,
                      color=FAMILY_COLORS.get(m["family"], "k"), mec="k" if name == test["selected"] else "none")
-    ax1.axhline(test["floor"]["fd"], color="#7f7f7f", ls="--", lw=0.8)
-    ax1.set_title("test (mean, 95 % interval over seed sets)")
+        if name == test["selected"] or m["family"] in ("none", "ag_twin") or (m["family"] == "cfg" and name.startswith("cfg@")):
+            label = "ours" if name == test["selected"] else m["label"].replace("AG shallow twin", "AG twin")
+            ax1.annotate(label, (m[alignment], m["fd"]), xytext=(3, 3), textcoords="offset points", fontsize=5)
+    ax1.set_title("test (mean ± 1 SE over seed sets)")
     for ax in (ax0, ax1):
         ax.set_xlabel("all attributes correct $\\uparrow$")
         ax.set_ylabel("FD (judge features) $\\downarrow$")
@@ -106,6 +116,18 @@ def markdown_table(test: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _effects(ch: dict) -> str:
+    """Each key metric's paired change with its interval, and whether the interval says better or worse."""
+    out = []
+    for key, name, lower_better in (("fd", "FD", True), ("all", "all-correct", False)):
+        c = ch[key]
+        better = c["hi"] < 0 if lower_better else c["lo"] > 0
+        worse = c["lo"] > 0 if lower_better else c["hi"] < 0
+        verdict = "better" if better else "worse" if worse else "no measurable change"
+        out.append(f"{name} {100 * c['rel']:+.1f} % [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] ({verdict})")
+    return ", ".join(out)
+
+
 def reading(dev: dict, test: dict, target: float = 0.05) -> str:
     """The outcome, generated from the numbers."""
     sel = test["methods"][test["selected"]]
@@ -126,12 +148,7 @@ def reading(dev: dict, test: dict, target: float = 0.05) -> str:
     for label, side in (("without_strong", "strong"), ("without_weak", "weak")):
         if label in test["comparison"]:
             ch = test["comparison"][label]["changes"]
-            fd, al = ch["fd"], ch["all"]
-            adds = fd["hi"] < 0 or al["lo"] > 0
-            lines.append(f"- The {side} side, against the selected method without it: FD {100 * fd['rel']:+.1f} % "
-                         f"[{100 * fd['lo']:+.1f}, {100 * fd['hi']:+.1f}], all-correct {100 * al['rel']:+.1f} % "
-                         f"[{100 * al['lo']:+.1f}, {100 * al['hi']:+.1f}]: it "
-                         f"{'adds a measurable gain' if adds else 'adds nothing measurable at this sample size'}.")
+            lines.append(f"- The {side} side, against the selected method without it: " + _effects(ch) + ".")
     ranked = sorted(test["methods"].values(), key=lambda m: m["fd"])
     lines.append(f"- Lowest test FD: {ranked[0]['label']} ({ranked[0]['fd']:.0f} at {ranked[0]['nfe_per_step']:.2f} forwards/step); "
                  f"floor (real renders) {test['floor']['fd']:.0f}.")
