@@ -43,21 +43,55 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FULL_CONFIGS = {
     "flux": (  # black-forest-labs/FLUX.1-dev, transformer/config.json: 19 double + 38 single blocks, 11.9B
         "FluxTransformer2DModel",
-        dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-             axes_dims_rope=(16, 56, 56)),
+        dict(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ),
     ),
     "cogview4": (  # THUDM/CogView4-6B, transformer/config.json: 28 blocks
         "CogView4Transformer2DModel",
-        dict(patch_size=2, in_channels=16, out_channels=16, num_layers=28, attention_head_dim=128,
-             num_attention_heads=32, text_embed_dim=4096, time_embed_dim=512, condition_dim=256,
-             pos_embed_max_size=128, sample_size=128, rope_axes_dim=(256, 256)),
+        dict(
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=28,
+            attention_head_dim=128,
+            num_attention_heads=32,
+            text_embed_dim=4096,
+            time_embed_dim=512,
+            condition_dim=256,
+            pos_embed_max_size=128,
+            sample_size=128,
+            rope_axes_dim=(256, 256),
+        ),
     ),
     "wan": (  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json: 30 blocks
         "WanTransformer3DModel",
-        dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-             text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-             qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024),
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            image_dim=None,
+            added_kv_proj_dim=None,
+            rope_max_seq_len=1024,
+        ),
     ),
 }
 
@@ -106,7 +140,12 @@ def _medium_flux_pipeline():
 
     pipe = tiny_pipeline("flux")
     pipe.transformer = tiny_transformer(
-        "flux", num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=4, axes_dims_rope=(16, 24, 24)
+        "flux",
+        num_layers=4,
+        num_single_layers=8,
+        attention_head_dim=64,
+        num_attention_heads=4,
+        axes_dims_rope=(16, 24, 24),
     )
     return pipe
 
@@ -150,7 +189,9 @@ def bench_cpu(args) -> dict:
         num_blocks = len(get_family(pipe.transformer).blocks(pipe.transformer))
 
         def call(**extra):
-            args_ = dict(sizes, num_inference_steps=args.steps, output_type="latent", **tiny_prompts(family, args.batch))
+            args_ = dict(
+                sizes, num_inference_steps=args.steps, output_type="latent", **tiny_prompts(family, args.batch)
+            )
             return dict(args_, generator=torch.Generator().manual_seed(0), **extra)
 
         own_cfg = {"flux": "true_cfg_scale"}.get(family, "guidance_scale")
@@ -229,22 +270,30 @@ def full_inputs(family: str, batch: int, device: str, dtype: torch.dtype) -> tup
         ids[..., 1] = torch.arange(64, device=device)[:, None]
         ids[..., 2] = torch.arange(64, device=device)[None, :]
         inputs = dict(
-            hidden_states=randn(b, img, 64), encoder_hidden_states=randn(b, txt, 4096), pooled_projections=randn(b, 768),
-            timestep=torch.full((b,), 0.5, device=device, dtype=dtype), guidance=torch.full((b,), 3.5, device=device),
-            img_ids=ids.reshape(img, 3).to(dtype), txt_ids=torch.zeros(txt, 3, device=device, dtype=dtype),
+            hidden_states=randn(b, img, 64),
+            encoder_hidden_states=randn(b, txt, 4096),
+            pooled_projections=randn(b, 768),
+            timestep=torch.full((b,), 0.5, device=device, dtype=dtype),
+            guidance=torch.full((b,), 3.5, device=device),
+            img_ids=ids.reshape(img, 3).to(dtype),
+            txt_ids=torch.zeros(txt, 3, device=device, dtype=dtype),
         )
         negative = dict(encoder_hidden_states=randn(b, txt, 4096), pooled_projections=randn(b, 768))
     elif family == "cogview4":
         size = torch.tensor([[1024.0, 1024.0]], device=device, dtype=dtype).repeat(b, 1)
         inputs = dict(
-            hidden_states=randn(b, 16, 128, 128), encoder_hidden_states=randn(b, 128, 4096),
-            timestep=torch.full((b,), 500.0, device=device, dtype=dtype), original_size=size, target_size=size.clone(),
+            hidden_states=randn(b, 16, 128, 128),
+            encoder_hidden_states=randn(b, 128, 4096),
+            timestep=torch.full((b,), 500.0, device=device, dtype=dtype),
+            original_size=size,
+            target_size=size.clone(),
             crop_coords=torch.zeros(b, 2, device=device, dtype=dtype),
         )
         negative = dict(encoder_hidden_states=randn(b, 128, 4096))
     else:
         inputs = dict(
-            hidden_states=randn(b, 16, 21, 60, 104), encoder_hidden_states=randn(b, 512, 4096),
+            hidden_states=randn(b, 16, 21, 60, 104),
+            encoder_hidden_states=randn(b, 512, 4096),
             timestep=torch.full((b,), 500.0, device=device, dtype=dtype),
         )
         negative = dict(encoder_hidden_states=randn(b, 512, 4096))
@@ -289,8 +338,13 @@ def bench_full(args, device: str = "cuda") -> dict:
                 if args.methods and method not in args.methods:
                     continue
                 step = {"i": 0}
-                den = GuidedDenoiser(model, spec, clock=lambda: StepInfo(step["i"], args.steps, sigmas[step["i"]]),
-                                     negative=negative, **options)
+                den = GuidedDenoiser(
+                    model,
+                    spec,
+                    clock=lambda: StepInfo(step["i"], args.steps, sigmas[step["i"]]),
+                    negative=negative,
+                    **options,
+                )
 
                 def run(i, den=den):
                     if i == 0:
@@ -331,27 +385,37 @@ def bench_full(args, device: str = "cuda") -> dict:
 
 def print_family(name: str, r: dict) -> None:
     overhead = r["wrapper_overhead"]
-    print(f"\n== {name}: {r['blocks_per_forward']} blocks, plain {r['plain_step_ms']:.2f} ms/step"
-          + (f", wrapper overhead (guidance off) {100 * overhead:+.1f}%" if overhead is not None else ""))
+    print(
+        f"\n== {name}: {r['blocks_per_forward']} blocks, plain {r['plain_step_ms']:.2f} ms/step"
+        + (f", wrapper overhead (guidance off) {100 * overhead:+.1f}%" if overhead is not None else "")
+    )
     if "wrapper_bookkeeping_us_per_call" in r:
         print(f"wrapper bookkeeping (guidance off): {r['wrapper_bookkeeping_us_per_call']:.1f} us per call")
     print(f"{'method':24s} {'ms/step':>9s} {'vs CFG':>7s} {'blocks/step':>12s} {'NFE/step':>9s}")
     for method, row in r["methods"].items():
         ratio = f"{row['time_vs_cfg']:.2f}" if row["time_vs_cfg"] is not None else "-"
-        print(f"{method:24s} {row['step_ms']:9.2f} {ratio:>7s} {row['block_evals_per_step']:12.2f} {row['nfe_per_step']:9.2f}")
+        print(
+            f"{method:24s} {row['step_ms']:9.2f} {ratio:>7s} {row['block_evals_per_step']:12.2f} {row['nfe_per_step']:9.2f}"
+        )
     m = r["methods"]
     if "cfg+ag naive" in m and "cfg+ag shared" in m:
         a, b = m["cfg+ag naive"], m["cfg+ag shared"]
-        print(f"cfg+autoguidance, sharing vs naive 3 passes: blocks {b['block_evals_per_step'] / a['block_evals_per_step']:.3f}x, "
-              f"time {b['step_ms'] / a['step_ms']:.3f}x")
+        print(
+            f"cfg+autoguidance, sharing vs naive 3 passes: blocks {b['block_evals_per_step'] / a['block_evals_per_step']:.3f}x, "
+            f"time {b['step_ms'] / a['step_ms']:.3f}x"
+        )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full-size", action="store_true", help="full-size random-weight transformers on CUDA (bf16)")
-    parser.add_argument("--dry-run", action="store_true", help="with --full-size: build on the meta device, count parameters")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="with --full-size: build on the meta device, count parameters"
+    )
     parser.add_argument("--families", nargs="*", default=None, help="subset (cpu: flux cogview4 wan sd3 flux-medium)")
-    parser.add_argument("--methods", nargs="*", default=None, help="subset of methods (always include cfg and off for ratios)")
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help="subset of methods (always include cfg and off for ratios)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="sampling steps per run (>= 10: SLG's 1%%-20%% window)")
     parser.add_argument("--batch", type=int, default=None, help="samples per run (cpu 2, full size 1)")
     parser.add_argument("--repeats", type=int, default=5, help="cpu: timed runs per method (the best counts)")

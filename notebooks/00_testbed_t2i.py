@@ -48,9 +48,20 @@ style.use()
 root = Path(output_root)
 
 # %%
-result = evaluate_scenes(profile, split=split, per_set=per_set, seed_sets=seed_sets, cfg_scales=cfg_scales, twins=twins,
-                         twin_scale=twin_scale, batch_size=batch_size, base_seed=base_seed, params=params_file,
-                         judge_path=judge_path, runs_dir=runs_dir)
+result = evaluate_scenes(
+    profile,
+    split=split,
+    per_set=per_set,
+    seed_sets=seed_sets,
+    cfg_scales=cfg_scales,
+    twins=twins,
+    twin_scale=twin_scale,
+    batch_size=batch_size,
+    base_seed=base_seed,
+    params=params_file,
+    judge_path=judge_path,
+    runs_dir=runs_dir,
+)
 result.metrics["regime"] = regime_checks(result.metrics)
 style.write_text(root / f"metrics/testbed_{profile}.json", json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
 style.write_text(root / f"paper/tables/testbed_{profile}.tex", plots.table(result.metrics))
@@ -68,8 +79,11 @@ plt.show()
 # ## The same captions and seeds across scales
 
 # %%
-order = ["none", *sorted((k for k in result.images if k.startswith("cfg@")), key=lambda k: float(k[4:])),
-         *(k for k in result.images if k.startswith("ag_"))]
+order = [
+    "none",
+    *sorted((k for k in result.images if k.startswith("cfg@")), key=lambda k: float(k[4:])),
+    *(k for k in result.images if k.startswith("ag_")),
+]
 fig = plots.sample_grid(result.images, order, result.captions)
 style.save_figure(fig, root / f"figures/testbed_{profile}_samples.pdf")
 plt.show()
@@ -80,10 +94,16 @@ plt.show()
 # %%
 m, floor, regime = result.metrics["methods"], result.metrics["floor"], result.metrics["regime"]
 best = f"cfg@{regime['best_cfg_scale']:g}" if regime["best_cfg_scale"] != 1.0 else "none"
-print(f"Unguided FD is {regime['unguided_fd_over_floor']:.1f}x the real-vs-real floor ({m['none']['fd']:.3f} vs {floor['fd']:.3f}); "
-      f"unguided all-attributes accuracy {m['none']['all']:.3f} (real renders: {floor['all']:.3f}).")
-print(f"The best CFG scale for FD is {regime['best_cfg_scale']:g}: FD {m[best]['fd']:.3f}, "
-      f"{100 * regime['best_fd_gain_over_unguided']:.0f}% below unguided; U-shaped: {regime['u_shape (best FD >= 10% below unguided, largest scale worse than best)']}.")
+print(
+    f"Unguided FD is {regime['unguided_fd_over_floor']:.1f}x the real-vs-real floor ({m['none']['fd']:.3f} vs {floor['fd']:.3f}); "
+    f"unguided all-attributes accuracy {m['none']['all']:.3f} (real renders: {floor['all']:.3f})."
+)
+print(
+    f"The best CFG scale for FD is {regime['best_cfg_scale']:g}: FD {m[best]['fd']:.3f}, "
+    f"{100 * regime['best_fd_gain_over_unguided']:.0f}% below unguided; U-shaped: {regime['u_shape (best FD >= 10% below unguided, largest scale worse than best)']}."
+)
 for name in (k for k in m if k.startswith("ag_")):
-    print(f"{name} (w={result.metrics['twin_scale']:g}, {m[name]['nfe_per_step']:.2f} NFE/step): FD {m[name]['fd']:.3f} ± {m[name]['fd_se']:.3f}, "
-          f"all-correct {m[name]['all']:.3f} ± {m[name]['all_se']:.3f}, recall {m[name]['recall']:.3f}.")
+    print(
+        f"{name} (w={result.metrics['twin_scale']:g}, {m[name]['nfe_per_step']:.2f} NFE/step): FD {m[name]['fd']:.3f} ± {m[name]['fd_se']:.3f}, "
+        f"all-correct {m[name]['all']:.3f} ± {m[name]['all_se']:.3f}, recall {m[name]['recall']:.3f}."
+    )

@@ -56,9 +56,20 @@ root = Path(output_root)
 start = time.time()
 
 # %%
-result = evaluate_clips(profile, split=split, per_set=per_set, seed_sets=seed_sets, cfg_scales=cfg_scales, specs=specs,
-                        twins=twins, twin_scale=twin_scale, batch_size=batch_size, base_seed=base_seed, params=params_file,
-                        runs_dir=runs_dir)
+result = evaluate_clips(
+    profile,
+    split=split,
+    per_set=per_set,
+    seed_sets=seed_sets,
+    cfg_scales=cfg_scales,
+    specs=specs,
+    twins=twins,
+    twin_scale=twin_scale,
+    batch_size=batch_size,
+    base_seed=base_seed,
+    params=params_file,
+    runs_dir=runs_dir,
+)
 result.metrics["acceptance"] = acceptance(result.metrics)
 print(json.dumps(result.metrics["acceptance"], indent=2))
 
@@ -74,8 +85,12 @@ plt.show()
 # ## The same captions and seeds across methods (every frame of three clips)
 
 # %%
-order = ["real", "none", *sorted((k for k in result.videos if k.startswith("cfg@")), key=lambda k: float(k[4:])),
-         *(k for k in result.videos if k not in ("real", "none") and not k.startswith("cfg@"))]
+order = [
+    "real",
+    "none",
+    *sorted((k for k in result.videos if k.startswith("cfg@")), key=lambda k: float(k[4:])),
+    *(k for k in result.videos if k not in ("real", "none") and not k.startswith("cfg@")),
+]
 fig = plots_t2v.sample_strip(result.videos, order, result.captions)
 style.save_figure(fig, root / "figures/t2v_toy_samples.pdf")
 plt.show()

@@ -55,7 +55,9 @@ if bed.name == "scenes":
     bed.judge = load_judge(judge_path)
 pipe = load_pipeline(prof)
 if twins is None:
-    twins = {p.name: str(p) for p in sorted(Path(prof.model).parent.glob("twin_*")) if (p / "model_index.json").is_file()}
+    twins = {
+        p.name: str(p) for p in sorted(Path(prof.model).parent.glob("twin_*")) if (p / "model_index.json").is_file()
+    }
 twin_models = {name: type(pipe).from_pretrained(folder).transformer.eval() for name, folder in twins.items()}
 blocks = scan_blocks or analysis.block_addresses(pipe.transformer)
 A, Q = bed.alignment, bed.quality  # the CLIP-SIM and FID analogues of this testbed
@@ -67,11 +69,15 @@ print(f"{profile}: {len(blocks)} blocks ({', '.join(blocks)}); edits: {', '.join
 # %%
 n_denoiser = denoiser_samples[profile] if isinstance(denoiser_samples, dict) else denoiser_samples
 captions = bed.captions(split, n_denoiser)
-denoiser = analysis.denoiser_scan(pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks, bed=bed)
+denoiser = analysis.denoiser_scan(
+    pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks, bed=bed
+)
 print("model error |D - D*| / |D*| per t:", dict(zip(t_grid, np.round(denoiser["model_error"], 3))))
 if "ideal_agreement" in denoiser:
-    print(f"D* is {denoiser['ideal']}; two independent estimates differ by (per t):",
-          dict(zip(t_grid, np.round(denoiser["ideal_agreement"], 3))))
+    print(
+        f"D* is {denoiser['ideal']}; two independent estimates differ by (per t):",
+        dict(zip(t_grid, np.round(denoiser["ideal_agreement"], 3))),
+    )
 
 # %% [markdown]
 # ## Generation-level scan (dev captions, same seeds as the unedited model; resumable)
@@ -79,13 +85,28 @@ if "ideal_agreement" in denoiser:
 # %%
 gen_captions = bed.captions(split, per_set)
 partial = Path(runs_dir) / profile / "analysis" / "generation_scan.json"
-generation = analysis.generation_scan(pipe, bed, gen_captions, steps=prof.steps, seed_sets=seed_sets, edits=edits,
-                                      window_edits=window_edits, out_path=partial, blocks=scan_blocks)
+generation = analysis.generation_scan(
+    pipe,
+    bed,
+    gen_captions,
+    steps=prof.steps,
+    seed_sets=seed_sets,
+    edits=edits,
+    window_edits=window_edits,
+    out_path=partial,
+    blocks=scan_blocks,
+)
 print("unedited (no guidance):", {k: round(v, 3) for k, v in generation["base"].items()})
 
 # %%
-scores = {"profile": profile, "model": prof.model, "blocks": blocks, "schema": analysis.SCHEMA, "denoiser": denoiser,
-          "generation": generation}
+scores = {
+    "profile": profile,
+    "model": prof.model,
+    "blocks": blocks,
+    "schema": analysis.SCHEMA,
+    "denoiser": denoiser,
+    "generation": generation,
+}
 scores["candidates"] = analysis.rank_candidates(scores, bed=bed)
 style.write_text(root / f"data/analysis/{profile}/layer_scores.json", json.dumps(scores, indent=1) + "\n")
 
@@ -95,10 +116,13 @@ style.write_text(root / f"data/analysis/{profile}/layer_scores.json", json.dumps
 # %%
 records = [r for r in generation["records"] if r["window"] == "all"]
 fig, axes = plt.subplots(1, 3, figsize=(style.FULL, style.FULL / 2.2))
-for ax, (key, title) in zip(axes, ((f"d_{A}", f"change in {A}"), (f"d_{Q}", f"change in {Q} (small N)"),
-                                   ("perceptual", "perceptual change"))):
+for ax, (key, title) in zip(
+    axes, ((f"d_{A}", f"change in {A}"), (f"d_{Q}", f"change in {Q} (small N)"), ("perceptual", "perceptual change"))
+):
     grid = analysis.table_of(records, "block", "edit", key, blocks, edits)
-    analysis.heatmap(ax, grid, blocks, edits, title, cmap="RdBu_r" if key != "perceptual" else "viridis", center=key != "perceptual")
+    analysis.heatmap(
+        ax, grid, blocks, edits, title, cmap="RdBu_r" if key != "perceptual" else "viridis", center=key != "perceptual"
+    )
 fig.tight_layout()
 style.save_figure(fig, root / f"figures/layer_map_{profile}_edits.pdf")
 plt.show()
@@ -123,13 +147,29 @@ plt.show()
 tl = [f"{t:g}" for t in t_grid]
 fig, axes = plt.subplots(1, 3, figsize=(style.FULL, style.FULL / 2.2))
 skip = [r for r in denoiser["alignment"] if r["edit"] == "skip"]
-analysis.heatmap(axes[0], analysis.table_of(skip, "block", "t", "cos", blocks, t_grid), blocks, tl, "skip: cos(D_edit - D, D - D*)")
-analysis.heatmap(axes[1], analysis.table_of(denoiser["residuals"], "block", "t", "rel_update", blocks, t_grid), blocks, tl,
-                 "|dh| / |h| (image stream)", cmap="viridis", center=False)
+analysis.heatmap(
+    axes[0], analysis.table_of(skip, "block", "t", "cos", blocks, t_grid), blocks, tl, "skip: cos(D_edit - D, D - D*)"
+)
+analysis.heatmap(
+    axes[1],
+    analysis.table_of(denoiser["residuals"], "block", "t", "rel_update", blocks, t_grid),
+    blocks,
+    tl,
+    "|dh| / |h| (image stream)",
+    cmap="viridis",
+    center=False,
+)
 for name in twins:
     rows = [r for r in denoiser["alignment"] if r["edit"] == f"twin:{name}"]
-    axes[2].errorbar(range(len(t_grid)), [r["cos"] for r in rows], yerr=[1.96 * r["cos_se"] for r in rows], marker="o", ms=3,
-                     capsize=2, label=name.replace("twin_", "") + " twin")
+    axes[2].errorbar(
+        range(len(t_grid)),
+        [r["cos"] for r in rows],
+        yerr=[1.96 * r["cos_se"] for r in rows],
+        marker="o",
+        ms=3,
+        capsize=2,
+        label=name.replace("twin_", "") + " twin",
+    )
 best = scores["candidates"]["weak"][:3]
 for w in best:
     rows = [r for r in denoiser["alignment"] if r["edit"] == w["edit"] and r["block"] == w["block"]]
@@ -151,20 +191,35 @@ skip_all = {r["block"]: r for r in records if r["edit"] == "skip"}
 by_harm = sorted(skip_all.values(), key=lambda r: -r["perceptual"])
 vital = [r["block"] for r in by_harm[:3]]
 redundant = [r["block"] for r in by_harm[-3:]]
-print(f"Vital blocks (largest perceptual change when skipped): {', '.join(vital)}; "
-      f"most redundant: {', '.join(redundant)}.")
+print(
+    f"Vital blocks (largest perceptual change when skipped): {', '.join(vital)}; "
+    f"most redundant: {', '.join(redundant)}."
+)
 for w in window_edits:
     recs = [r for r in generation["records"] if r["edit"] == w and r["window"] != "all"]
     harm = {win: np.mean([abs(r[f"d_{A}"]) for r in recs if r["window"] == win]) for win in analysis.WINDOWS}
     print(f"{w}: mean |change in {A}| by window: " + ", ".join(f"{k} {v:.3f}" for k, v in harm.items()))
 twin_align = scores["candidates"]["twin_alignment"]
-print("Error alignment of the trained twins (mean over t): " + ", ".join(f"{k} {v:+.3f}" for k, v in twin_align.items()))
+print(
+    "Error alignment of the trained twins (mean over t): " + ", ".join(f"{k} {v:+.3f}" for k, v in twin_align.items())
+)
 cands = scores["candidates"]["weak"]
-print("Best-aligned weak edits: " + "; ".join(f"{c['spec']} ({c['alignment']:+.3f})" for c in cands[:5]) if cands else
-      "No single-block edit errs in the direction the model errs (all mean alignments <= 0).")
-mean_align = {b: np.mean([r["cos"] for r in denoiser["alignment"] if r["edit"] == "skip" and r["block"] == b]) for b in blocks}
+print(
+    "Best-aligned weak edits: " + "; ".join(f"{c['spec']} ({c['alignment']:+.3f})" for c in cands[:5])
+    if cands
+    else "No single-block edit errs in the direction the model errs (all mean alignments <= 0)."
+)
+mean_align = {
+    b: np.mean([r["cos"] for r in denoiser["alignment"] if r["edit"] == "skip" and r["block"] == b]) for b in blocks
+}
 overlap = set(vital) & set(sorted(mean_align, key=lambda b: -mean_align[b])[:3])
 print(f"Do the blocks that hurt most when skipped also align best? Top-3 overlap: {sorted(overlap) or 'none'}.")
 strong = scores["candidates"]["strong"]
-print("Edits that improve a metric by > 2 SE: " + ("; ".join(f"{s['spec']} [{s['window']}] d_{A} {s[f'd_{A}']:+.3f}, d_{Q} {s[f'd_{Q}']:+.3f}"
-                                                           for s in strong[:5]) if strong else "none."))
+print(
+    "Edits that improve a metric by > 2 SE: "
+    + (
+        "; ".join(f"{s['spec']} [{s['window']}] d_{A} {s[f'd_{A}']:+.3f}, d_{Q} {s[f'd_{Q}']:+.3f}" for s in strong[:5])
+        if strong
+        else "none."
+    )
+)

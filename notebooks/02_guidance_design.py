@@ -57,8 +57,15 @@ root = Path(output_root)
 params = load_params(params_file)
 if steps is not None:
     params["profiles"][profile]["steps"] = steps
-p = {"dev": dev, "test": test, "budget": budget, "select": select, "weak_candidates": weak_candidates,
-     "strong_candidates": strong_candidates, "grid": grid}
+p = {
+    "dev": dev,
+    "test": test,
+    "budget": budget,
+    "select": select,
+    "weak_candidates": weak_candidates,
+    "strong_candidates": strong_candidates,
+    "grid": grid,
+}
 check_design_params(p)
 scores = json.loads(Path(layer_scores).read_text())
 
@@ -66,23 +73,40 @@ scores = json.loads(Path(layer_scores).read_text())
 # ## Dev: the same budget for every family, successive halving
 
 # %%
-search, families, selected = run_dev(profile, p, params, layer_scores=scores, twins=twins, judge_path=judge_path, runs_dir=runs_dir)
+search, families, selected = run_dev(
+    profile, p, params, layer_scores=scores, twins=twins, judge_path=judge_path, runs_dir=runs_dir
+)
 write_json(root / f"data/guidance/{profile}/search.json", search)
-write_json(root / f"data/guidance/{profile}/selected.json", {
-    "profile": profile, "name": f"selected_{profile}", "label": selected.label, "spec": selected.spec,
-    "rule": p["select"], "dev": next(c["rung1"] for c in search["families"][selected.family]["configs"]
-                                     if c["name"] == selected.name)})
+write_json(
+    root / f"data/guidance/{profile}/selected.json",
+    {
+        "profile": profile,
+        "name": f"selected_{profile}",
+        "label": selected.label,
+        "spec": selected.spec,
+        "rule": p["select"],
+        "dev": next(c["rung1"] for c in search["families"][selected.family]["configs"] if c["name"] == selected.name),
+    },
+)
 print("selected:", selected.label)
 
 # %% [markdown]
 # ## Test: every family's dev choice, the selected preset, ablations, CFG with more steps
 
 # %%
-result, images = run_test(profile, p, params, search, families, selected, twins=twins, judge_path=judge_path,
-                        runs_dir=runs_dir, timing=timing)
-write_json(root / f"metrics/guidance_{profile}.json", {
-    "profile": profile, "selected": result["selected"], "comparison": result["comparison"], "rule": p["select"],
-    "test": {k: v for k, v in result.items() if k != "comparison"}})
+result, images = run_test(
+    profile, p, params, search, families, selected, twins=twins, judge_path=judge_path, runs_dir=runs_dir, timing=timing
+)
+write_json(
+    root / f"metrics/guidance_{profile}.json",
+    {
+        "profile": profile,
+        "selected": result["selected"],
+        "comparison": result["comparison"],
+        "rule": p["select"],
+        "test": {k: v for k, v in result.items() if k != "comparison"},
+    },
+)
 style.write_text(root / f"paper/tables/guidance_{profile}.tex", figs.table(result, profile))
 display(Markdown(figs.markdown_table(result)))
 

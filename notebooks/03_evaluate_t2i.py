@@ -56,15 +56,35 @@ toy = load_profile(profile, params_file).family == "toy"
 
 # %%
 if toy:
-    result = evaluate_t2i_toy(profile, samples_per_class=samples_per_class, batch_size=batch_size, base_seed=base_seed, cfg_scales=cfg_scales,
-                              params=params_file, judge_path=judge_path, specs=specs,
-                              runs_dir=runs_dir)
+    result = evaluate_t2i_toy(
+        profile,
+        samples_per_class=samples_per_class,
+        batch_size=batch_size,
+        base_seed=base_seed,
+        cfg_scales=cfg_scales,
+        params=params_file,
+        judge_path=judge_path,
+        specs=specs,
+        runs_dir=runs_dir,
+    )
     print(json.dumps({k: v for k, v in result.metrics.items() if k != "methods"}, indent=1))
     for name, m in result.metrics["methods"].items():
-        print(f"{name:>18}: FD {m['fd']:.3f}  CLIP {m['clip']:.4f}  acc {m['accuracy']:.3f}  NFE/step {m['nfe_per_step']:g}")
+        print(
+            f"{name:>18}: FD {m['fd']:.3f}  CLIP {m['clip']:.4f}  acc {m['accuracy']:.3f}  NFE/step {m['nfe_per_step']:g}"
+        )
 else:
-    result = evaluate_t2i_real(profile, split=split, resolution=resolution, limit=limit, specs=specs, batch_size=batch_size,
-                               base_seed=base_seed, params=params_file, data_dir=data_dir, runs_dir=runs_dir)
+    result = evaluate_t2i_real(
+        profile,
+        split=split,
+        resolution=resolution,
+        limit=limit,
+        specs=specs,
+        batch_size=batch_size,
+        base_seed=base_seed,
+        params=params_file,
+        data_dir=data_dir,
+        runs_dir=runs_dir,
+    )
     print(json.dumps(result.metrics["protocol"], indent=1))
     for name, m in result.metrics["methods"].items():
         print(f"{name:>18}: FID {m['fid']:.3f}  CLIP-SIM {m['clip_sim']:.3f}  NFE/step {m['nfe_per_step']:g}")
@@ -73,7 +93,11 @@ else:
 # ## Samples (toy: rows are digits 0-9; real: rows are methods, the first captions; same seeds in every panel)
 
 # %%
-fig = sample_grid(result.images, result.labels, methods=["none", "cfg"], per_class=8) if toy else result.sample_grid(per_method=6)
+fig = (
+    sample_grid(result.images, result.labels, methods=["none", "cfg"], per_class=8)
+    if toy
+    else result.sample_grid(per_method=6)
+)
 style.save_figure(fig, root / f"figures/t2i_{profile}_samples.pdf")
 plt.show()
 

@@ -47,13 +47,26 @@ root = Path(output_root)
 # ## Render every method, then score it with VBench
 
 # %%
-result = evaluate_t2v(profile, prompts=prompts, samples_per_prompt=samples_per_prompt, limit=limit, dimensions=dimensions,
-                      specs=specs, batch_size=batch_size, base_seed=base_seed, params=params_file, runs_dir=runs_dir,
-                      vbench_device=vbench_device)
+result = evaluate_t2v(
+    profile,
+    prompts=prompts,
+    samples_per_prompt=samples_per_prompt,
+    limit=limit,
+    dimensions=dimensions,
+    specs=specs,
+    batch_size=batch_size,
+    base_seed=base_seed,
+    params=params_file,
+    runs_dir=runs_dir,
+    vbench_device=vbench_device,
+)
 print(json.dumps(result.metrics["protocol"], indent=1))
 for name, m in result.metrics["methods"].items():
     total = "-" if m["total"] is None else f"{m['total']:.2f}"
-    print(f"{name:>12}: Total {total}  NFE/step {m['nfe_per_step']:g}  " + "  ".join(f"{d} {v:.2f}" for d, v in m["raw"].items()))
+    print(
+        f"{name:>12}: Total {total}  NFE/step {m['nfe_per_step']:g}  "
+        + "  ".join(f"{d} {v:.2f}" for d, v in m["raw"].items())
+    )
 
 # %% [markdown]
 # ## First video of every method (prompt 0, seed 0)

@@ -33,8 +33,9 @@ def pytest_terminal_summary(terminalreporter, config):
     # summary (shown with -q) so that a failure that depends on the order can be replayed.
     seed = getattr(config.option, "randomly_seed", None)
     if seed is not None and config.pluginmanager.hasplugin("randomly"):
-        terminalreporter.write_line(f"random test order: seed {seed}; replay it with --randomly-seed={seed} "
-                                    "(-p no:randomly runs in file order)")
+        terminalreporter.write_line(
+            f"random test order: seed {seed}; replay it with --randomly-seed={seed} (-p no:randomly runs in file order)"
+        )
 
 
 @pytest.fixture

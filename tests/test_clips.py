@@ -22,6 +22,7 @@ def _moving(caption="a red square moving right", start=(2.0, 5.0), v=(1.2, 0.0),
 
 # --- generator ---------------------------------------------------------------------------------------
 
+
 def test_render_draws_each_object_with_its_colour_shape_and_constant_velocity():
     rng = np.random.default_rng(0)
     clips_ = C.sample_clips(200, rng, pairs="all")
@@ -43,7 +44,9 @@ def test_render_draws_each_object_with_its_colour_shape_and_constant_velocity():
             # the object's pixels carry its colour: fully covered pixels equal the palette colour
             cov = C.coverage(o.shape, *truth.positions[k, 0], truth.sizes[k])
             full = cov > 0.999
-            np.testing.assert_allclose(video[0][full], np.broadcast_to(C.PALETTE[o.colour], video[0][full].shape), atol=1e-6)
+            np.testing.assert_allclose(
+                video[0][full], np.broadcast_to(C.PALETTE[o.colour], video[0][full].shape), atol=1e-6
+            )
         if len(truth.clip.objects) == 2:  # the relation holds in every frame: the objects are in their halves
             a, b = truth.positions
             axis = 0 if truth.clip.relation in ("left of", "right of") else 1
@@ -75,20 +78,26 @@ def test_splits_and_heldout_pairs():
         assert len(c.caption().split()) <= C.MAX_WORDS
 
 
-@pytest.mark.parametrize("caption, words", [
-    ("a purple square moving left", "outside the vocabulary"),
-    ("a red square moving sideways", "outside the vocabulary"),
-    ("a red square moving", "'a <colour> <shape> <motion>'"),
-    ("a red square moving left left of a blue circle staying still", "cannot be 'moving left'"),
-    ("a red square moving up left of a red circle staying still", "different colours"),
-    ("a red square moving up near a blue circle staying still", "outside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    "caption, words",
+    [
+        ("a purple square moving left", "outside the vocabulary"),
+        ("a red square moving sideways", "outside the vocabulary"),
+        ("a red square moving", "'a <colour> <shape> <motion>'"),
+        ("a red square moving left left of a blue circle staying still", "cannot be 'moving left'"),
+        ("a red square moving up left of a red circle staying still", "different colours"),
+        ("a red square moving up near a blue circle staying still", "outside the vocabulary"),
+    ],
+)
 def test_bad_captions_get_one_clear_error(caption, words):
-    with pytest.raises(C.ClipError, match=words.replace("(", r"\(").replace(")", r"\)").replace("<", "<").replace("'", "'")):
+    with pytest.raises(
+        C.ClipError, match=words.replace("(", r"\(").replace(")", r"\)").replace("<", "<").replace("'", "'")
+    ):
         C.parse_caption(caption)
 
 
 # --- judges on hand-built clips -------------------------------------------------------------------------
+
 
 def _score(video, caption):
     return M.clip_scores(M.read_clip(video), C.parse_caption(caption))
@@ -135,8 +144,10 @@ def test_motion_smoothness_is_the_track_deviation_from_constant_velocity():
     smooth = _score(C.render_truth(truth), "a red square moving right")["motion_smoothness"]
     jitter = truth.positions.copy()
     jitter[0, 1::2, 1] += 1.0  # every other frame one pixel lower
-    rough = _score(C.render_truth(C.ClipTruth(truth.clip, jitter, truth.sizes, truth.speeds, truth.background)),
-                   "a red square moving right")["motion_smoothness"]
+    rough = _score(
+        C.render_truth(C.ClipTruth(truth.clip, jitter, truth.sizes, truth.speeds, truth.background)),
+        "a red square moving right",
+    )["motion_smoothness"]
     assert smooth > 0.995
     # RMS deviation of a 0/1 zig-zag from its best line: about 0.5 px -> 1 - 0.5 / 16
     assert 1 - 0.6 / C.SIZE < rough < 1 - 0.4 / C.SIZE
@@ -170,19 +181,38 @@ def test_judge_reads_shapes_and_sizes_of_real_renders():
     rng = np.random.default_rng(7)
     for shape in C.SHAPES:
         for size in M.SIZES:
-            truth = _truth(f"a green {shape} staying still", [[[rng.uniform(0, 8), rng.uniform(0, 8)]] * C.FRAMES], [size])
+            truth = _truth(
+                f"a green {shape} staying still", [[[rng.uniform(0, 8), rng.uniform(0, 8)]] * C.FRAMES], [size]
+            )
             blobs, _ = M.read_frame(C.render_truth(truth)[0])
             assert len(blobs) == 1 and C.SHAPES[blobs[0].shape] == shape and blobs[0].quality > 0.95
 
 
 # --- the VBench-shaped total --------------------------------------------------------------------------
 
+
 def test_total_against_hand_arithmetic():
-    raw = {"subject_consistency": 0.9, "background_consistency": 0.95, "temporal_flickering": 0.97,
-           "motion_smoothness": 0.98, "dynamic_degree": 0.6, "imaging_quality": 0.7, "object_class": 0.8,
-           "multiple_objects": 0.4, "color": 0.9, "spatial_relationship": 0.5, "motion": 0.6}
-    q = ((0.9 - 0.1462) / (1 - 0.1462) + (0.95 - 0.2615) / (1 - 0.2615) + (0.97 - 0.6293) / (1 - 0.6293)
-         + (0.98 - 0.706) / (0.9975 - 0.706) + 0.5 * 0.6 + 0.7) / 5.5
+    raw = {
+        "subject_consistency": 0.9,
+        "background_consistency": 0.95,
+        "temporal_flickering": 0.97,
+        "motion_smoothness": 0.98,
+        "dynamic_degree": 0.6,
+        "imaging_quality": 0.7,
+        "object_class": 0.8,
+        "multiple_objects": 0.4,
+        "color": 0.9,
+        "spatial_relationship": 0.5,
+        "motion": 0.6,
+    }
+    q = (
+        (0.9 - 0.1462) / (1 - 0.1462)
+        + (0.95 - 0.2615) / (1 - 0.2615)
+        + (0.97 - 0.6293) / (1 - 0.6293)
+        + (0.98 - 0.706) / (0.9975 - 0.706)
+        + 0.5 * 0.6
+        + 0.7
+    ) / 5.5
     s = (0.8 + 0.4 + 0.9 + 0.5 + 0.6) / 5
     out = M.vbench_shaped(raw)
     assert out["quality"] == pytest.approx(q) and out["semantic"] == pytest.approx(s)
@@ -202,6 +232,7 @@ def test_metrics_refuse_wrong_shapes_and_captions():
 
 # --- pipeline and guidance -------------------------------------------------------------------------------
 
+
 def _tiny_pipe(seed=0):
     from ditguide.testbeds.train_t2v import ClipsTrainConfig, build_prompt_encoder, build_transformer, pipeline
 
@@ -217,7 +248,11 @@ def test_video_pipeline_is_a_wan_pipeline_with_per_index_seeds():
 
     pipe = _tiny_pipe()
     assert isinstance(pipe, WanPipeline) and driver_for(pipe).family == "wan"
-    caps = ["a red square moving left", "a blue circle moving up left of a green cross staying still", "a yellow triangle staying still"]
+    caps = [
+        "a red square moving left",
+        "a blue circle moving up left of a green cross staying still",
+        "a yellow triangle staying still",
+    ]
     both = pipe(prompt=caps, num_inference_steps=2, guidance_scale=3.0, indices=[4, 5, 6]).frames
     one = pipe(prompt=caps[1:2], num_inference_steps=2, guidance_scale=3.0, indices=[5]).frames
     assert both.shape == (3, C.FRAMES, C.SIZE, C.SIZE, 3)
@@ -236,8 +271,9 @@ def test_wan_driver_runs_unchanged_on_the_video_pipeline():
     guided, cost = run_guided(pipe, preset("cfg", scale=4.0), prompt=caps, num_inference_steps=3, indices=[0, 1])
     np.testing.assert_allclose(guided.frames, own, atol=1e-5)
     assert cost.nfe == 6
-    _, cost = run_guided(pipe, preset("stg", cfg_scale=4.0, blocks=["blocks:0"]), prompt=caps, num_inference_steps=3,
-                         indices=[0, 1])
+    _, cost = run_guided(
+        pipe, preset("stg", cfg_scale=4.0, blocks=["blocks:0"]), prompt=caps, num_inference_steps=3, indices=[0, 1]
+    )
     assert 8 < cost.nfe < 9  # cond + uncond + a branch that skips one of 8 blocks, per step
     from ditguide.denoiser import GuidanceError
 
@@ -251,8 +287,11 @@ def test_twin_guidance_on_wan_is_weak_plus_w_times_difference():
     pipe, weak = _tiny_pipe(0), _tiny_pipe(1)
     tp = twin_pipeline(pipe, weak.transformer, 1.0)
     caps = ["a red square moving left"]
-    np.testing.assert_allclose(tp(prompt=caps, num_inference_steps=2, indices=[3]).frames,
-                               pipe(prompt=caps, num_inference_steps=2, indices=[3]).frames, atol=1e-5)
+    np.testing.assert_allclose(
+        tp(prompt=caps, num_inference_steps=2, indices=[3]).frames,
+        pipe(prompt=caps, num_inference_steps=2, indices=[3]).frames,
+        atol=1e-5,
+    )
     assert tp.transformer.blocks_per_call() == 2.0
 
 
@@ -279,8 +318,16 @@ def test_evaluation_end_to_end_on_a_tiny_untrained_model(tmp_path, monkeypatch):
     twin.save_pretrained(tmp_path / "twin")
     params = yaml.safe_load(open(REPO / "params.yaml"))
     params["profiles"]["clips"] = {**params["profiles"]["clips"], "model": str(tmp_path / "model"), "steps": 2}
-    kw = dict(per_set=10, seed_sets=3, cfg_scales=[3.0], specs=["stg"], twins={"twin": str(tmp_path / "twin")},
-              batch_size=16, params=params, runs_dir=str(tmp_path / "runs"))
+    kw = dict(
+        per_set=10,
+        seed_sets=3,
+        cfg_scales=[3.0],
+        specs=["stg"],
+        twins={"twin": str(tmp_path / "twin")},
+        batch_size=16,
+        params=params,
+        runs_dir=str(tmp_path / "runs"),
+    )
     result = evaluate_clips("clips", **kw)
     m = result.metrics
     assert set(m["methods"]) == {"none", "cfg@3", "stg", "ag_twin"}

@@ -26,7 +26,9 @@ def write_fake_coco(data_dir: Path, n_images: int = N_IMAGES) -> Path:
         name = f"{image_id:012d}.jpg"
         images.append({"id": image_id, "file_name": name, "width": 40 + k, "height": 30 + 2 * k})
         for c in range(2 + k % 4):
-            annotations.append({"id": caption_id, "image_id": image_id, "caption": f"  Image {image_id}\ncaption  {c}. "})
+            annotations.append(
+                {"id": caption_id, "image_id": image_id, "caption": f"  Image {image_id}\ncaption  {c}. "}
+            )
             caption_id += 1
         h, w = 30 + 2 * k, 40 + k
         pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -142,7 +144,9 @@ def test_downloads_go_through_temporary_files(tmp_path):
     n = coco.download_images(data, image_url=(src / coco.IMAGES_DIRNAME).as_uri() + "/{file_name}", workers=2)
     assert n == 6
     for r in coco.read_split(data, "test") + coco.read_split(data, "dev"):
-        assert (data / coco.IMAGES_DIRNAME / r["file_name"]).read_bytes() == (src / coco.IMAGES_DIRNAME / r["file_name"]).read_bytes()
+        assert (data / coco.IMAGES_DIRNAME / r["file_name"]).read_bytes() == (
+            src / coco.IMAGES_DIRNAME / r["file_name"]
+        ).read_bytes()
     assert coco.download_images(data, image_url="file:///nowhere/{file_name}") == 0  # nothing left to fetch
     assert not list(data.rglob("*.part"))
 

@@ -246,9 +246,15 @@ COUNT_CASES = {
     },
     "attention edits": {
         "branches": {
-            "pag": {"prompt": "pos", "edits": {"edits": [{"op": "identity_attn_in_stream", "blocks": [0], "streams": ["image"]}]}},
+            "pag": {
+                "prompt": "pos",
+                "edits": {"edits": [{"op": "identity_attn_in_stream", "blocks": [0], "streams": ["image"]}]},
+            },
             "ata": {"prompt": "pos", "edits": {"edits": [{"op": "identity_attn_all_tokens", "blocks": [1]}]}},
-            "sa": {"prompt": "neg", "edits": {"edits": [{"op": "skip_attn", "blocks": [2]}, {"op": "skip", "blocks": [1]}]}},
+            "sa": {
+                "prompt": "neg",
+                "edits": {"edits": [{"op": "skip_attn", "blocks": [2]}, {"op": "skip", "blocks": [1]}]},
+            },
         },
         "terms": [
             {"rule": "cfg", "scale": 2.0, "minus": "sa"},
@@ -268,8 +274,15 @@ def test_planned_block_count_equals_the_measured_one(models, family, case):
         for share in (False, True):
             counts, outs = [], []
             for count in ("plan", "measure"):
-                den = GuidedDenoiser(models[family], COUNT_CASES[case], clock=clock(), mode=mode, share_prefix=share,
-                                     negative=negative, count=count)
+                den = GuidedDenoiser(
+                    models[family],
+                    COUNT_CASES[case],
+                    clock=clock(),
+                    mode=mode,
+                    share_prefix=share,
+                    negative=negative,
+                    count=count,
+                )
                 with torch.no_grad():
                     outs.append(den(**inputs).sample)
                 counts.append(den.cost.block_evals)

@@ -12,14 +12,27 @@ from ditguide.profiles import ConfigError, load_params, load_pipeline, load_prof
 from ditguide.render import PipelineRenderer
 from ditguide.testbeds import design, scenes
 
-LAYER_SCORES = {"candidates": {
-    "weak": [{"spec": "temperature(2):single:6"}, {"spec": "skip_ff:single:0"}, {"spec": "skip:single:5"}],
-    "strong": [
-        {"edit": "skip_ff", "block": "single:3", "window": "all", "spec": "skip_ff:single:3"},  # weakens: not strong
-        {"edit": "scale1.5", "block": "single:3", "window": "early", "spec": "scale(1.5):single:3"},
-        {"edit": "scale1.5", "block": "single:3", "window": "all", "spec": "scale(1.5):single:3"},  # same block again
-        {"edit": "scale1.5", "block": "single:8", "window": "all", "spec": "scale(1.5):single:8"},
-    ]}}
+LAYER_SCORES = {
+    "candidates": {
+        "weak": [{"spec": "temperature(2):single:6"}, {"spec": "skip_ff:single:0"}, {"spec": "skip:single:5"}],
+        "strong": [
+            {
+                "edit": "skip_ff",
+                "block": "single:3",
+                "window": "all",
+                "spec": "skip_ff:single:3",
+            },  # weakens: not strong
+            {"edit": "scale1.5", "block": "single:3", "window": "early", "spec": "scale(1.5):single:3"},
+            {
+                "edit": "scale1.5",
+                "block": "single:3",
+                "window": "all",
+                "spec": "scale(1.5):single:3",
+            },  # same block again
+            {"edit": "scale1.5", "block": "single:8", "window": "all", "spec": "scale(1.5):single:8"},
+        ],
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +50,24 @@ def _render(prof, pipe, steps=3, **kw):
 def test_candidates_keep_strengthening_edits_one_per_block():
     c = design.candidates(LAYER_SCORES, 2, 5)
     assert c["weak"] == ["temperature(2):single:6", "skip_ff:single:0"]
-    assert c["strong"] == [{"spec": "scale(1.5):single:3", "window": "early"}, {"spec": "scale(1.5):single:8", "window": "all"}]
+    assert c["strong"] == [
+        {"spec": "scale(1.5):single:3", "window": "early"},
+        {"spec": "scale(1.5):single:8", "window": "all"},
+    ]
     with pytest.raises(ConfigError, match="at least one of each"):
         design.candidates({"candidates": {"weak": [], "strong": LAYER_SCORES["candidates"]["strong"]}}, 2, 2)
 
 
 def test_ours_spec_terms_and_windows():
     d = design.ours_spec(2.0, {"spec": "scale(1.5):single:3", "window": "early"}, "skip:single:5")
-    assert d["branches"] == {"cond_strong": {"prompt": "pos", "edits": "scale(1.5):single:3"},
-                             "uncond_weak": {"prompt": "neg", "edits": "skip:single:5"}}
+    assert d["branches"] == {
+        "cond_strong": {"prompt": "pos", "edits": "scale(1.5):single:3"},
+        "uncond_weak": {"prompt": "neg", "edits": "skip:single:5"},
+    }
     assert [(t["plus"], t["minus"], t["interval"]) for t in d["terms"]] == [
-        ("cond_strong", "uncond_weak", [0.0, 1 / 3]), ("cond", "uncond_weak", [1 / 3, 1.0])]
+        ("cond_strong", "uncond_weak", [0.0, 1 / 3]),
+        ("cond", "uncond_weak", [1 / 3, 1.0]),
+    ]
     plain = design.ours_spec(2.0, None, None)
     assert plain["branches"] == {} and [(t["plus"], t["minus"]) for t in plain["terms"]] == [("cond", "uncond")]
 
@@ -72,9 +92,11 @@ def test_ours_with_real_edits_changes_the_samples(scenes_pipe):
 
 def test_choose_applies_the_rule_and_flags_infeasible():
     rule = {"objective": "fd", "alignment": "all", "max_nfe_per_step": 2.0}
-    entries = {"a": {"fd": 10.0, "all": 0.05, "nfe_per_step": 2.0},  # best FD but below the alignment floor
-               "b": {"fd": 20.0, "all": 0.10, "nfe_per_step": 2.0},
-               "c": {"fd": 15.0, "all": 0.12, "nfe_per_step": 3.0}}  # feasible only without the cost cap
+    entries = {
+        "a": {"fd": 10.0, "all": 0.05, "nfe_per_step": 2.0},  # best FD but below the alignment floor
+        "b": {"fd": 20.0, "all": 0.10, "nfe_per_step": 2.0},
+        "c": {"fd": 15.0, "all": 0.12, "nfe_per_step": 3.0},
+    }  # feasible only without the cost cap
     assert design.choose(entries, rule, 0.08, cost_cap=True) == ("b", True)
     assert design.choose(entries, rule, 0.08, cost_cap=False) == ("c", True)
     assert design.choose(entries, rule, 0.5, cost_cap=True) == ("c", False)  # none qualifies: best alignment
@@ -86,7 +108,11 @@ def test_paired_change_by_hand():
     out = design.paired_change(m, r, "fd")
     rel = np.array([-0.1, -0.2, 0.0])
     half = 4.303 * rel.std(ddof=1) / math.sqrt(3)
-    assert out["rel"] == pytest.approx(-0.1) and out["lo"] == pytest.approx(-0.1 - half) and out["hi"] == pytest.approx(-0.1 + half)
+    assert (
+        out["rel"] == pytest.approx(-0.1)
+        and out["lo"] == pytest.approx(-0.1 - half)
+        and out["hi"] == pytest.approx(-0.1 + half)
+    )
 
 
 def test_budget_is_a_deterministic_subset_in_order():
@@ -101,8 +127,20 @@ def test_every_family_gets_at_most_the_budget():
     params = load_params("params.yaml")
     p = params["guidance_design"]
     fams = design.families(design.candidates(LAYER_SCORES, 3, 2), p["grid"], 1.5, {"twin_shallow": "x"})
-    assert {"cfg", "cfg_zero_star", "apg", "guidance_interval", "ag_skip", "ag_twin", "slg", "stg", "pag", "weak_negative",
-            "ours", "ours_full"} <= set(fams)
+    assert {
+        "cfg",
+        "cfg_zero_star",
+        "apg",
+        "guidance_interval",
+        "ag_skip",
+        "ag_twin",
+        "slg",
+        "stg",
+        "pag",
+        "weak_negative",
+        "ours",
+        "ours_full",
+    } <= set(fams)
     for fam, configs in fams.items():
         assert len({m.name for m in configs}) == len(configs), fam
         assert len(design.budgeted(configs, p["budget"]["configs"], 0)) <= p["budget"]["configs"]
@@ -110,14 +148,17 @@ def test_every_family_gets_at_most_the_budget():
         assert sum(t["rule"] == "cfg" for t in m.spec["terms"]) >= 1
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda p: p.__setitem__("budget", {"configs": 2, "keep": 3}), "keep <= configs"),
-    (lambda p: p["dev"].__setitem__("seed_sets", 2), "seed_sets >= 3"),
-    (lambda p: p["test"].__setitem__("split", "dev"), "tune on dev, report on test"),
-    (lambda p: p["select"].__setitem__("objective", "fid"), "objective and alignment must be metrics"),
-    (lambda p: p["grid"].__setitem__("cfg_scales", "2"), "grid.cfg_scales"),
-    (lambda p: p.pop("weak_candidates"), "weak_candidates"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda p: p.__setitem__("budget", {"configs": 2, "keep": 3}), "keep <= configs"),
+        (lambda p: p["dev"].__setitem__("seed_sets", 2), "seed_sets >= 3"),
+        (lambda p: p["test"].__setitem__("split", "dev"), "tune on dev, report on test"),
+        (lambda p: p["select"].__setitem__("objective", "fid"), "objective and alignment must be metrics"),
+        (lambda p: p["grid"].__setitem__("cfg_scales", "2"), "grid.cfg_scales"),
+        (lambda p: p.pop("weak_candidates"), "weak_candidates"),
+    ],
+)
 def test_bad_design_parameters_fail_with_one_message(change, match):
     import copy
 

@@ -111,6 +111,7 @@ def test_upstream_fdg_level_at_scale_one_reads_another_level(monkeypatch):
 
 def test_laplacian_pyramid_equals_kornia():
     import kornia  # in the lock for this check only: diffusers' FDG needs it, ours does not
+
     x = _pair((2, 3, 16, 8))[0]
     ours, theirs = laplacian_pyramid(x, 3), kornia.geometry.transform.build_laplacian_pyramid(x, 3)
     assert len(ours) == len(theirs) == 3
@@ -163,7 +164,9 @@ def test_fdg_params_are_checked(params, message):
 def test_other_bad_inputs():
     with pytest.raises(GuidanceSpecError, match=r"params\.alpha = -1\.0: must be finite and >= 0"):
         preset("magnitude_aware", alpha=-1)
-    with pytest.raises(GuidanceSpecError, match=r"rule 'tcfg' takes no params \(rules with params: apg, fdg, magnitude_aware\)"):
+    with pytest.raises(
+        GuidanceSpecError, match=r"rule 'tcfg' takes no params \(rules with params: apg, fdg, magnitude_aware\)"
+    ):
         GuidanceSpec.from_dict({"terms": [{"rule": "tcfg", "scale": 5.0, "params": {"alpha": 1}}]})
     with pytest.raises(GuidanceSpecError, match=r"fdg: the prediction has shape \(2, 16, 4\); fdg needs"):
         fdg(*_pair((2, 16, 4)), [5.0, 2.0])

@@ -50,13 +50,21 @@ def _run(family: str, guider, transformer, scheduler=None, steps: int = STEPS) -
     pipe = _blocks(family).init_pipeline()
     pipe.update_components(transformer=transformer, scheduler=scheduler or _scheduler(family), guider=guider)
     p = tiny_prompts(family)
-    call = dict(prompt_embeds=p["prompt_embeds"], negative_prompt_embeds=p["negative_prompt_embeds"],
-                num_inference_steps=steps, height=32, width=32, generator=torch.Generator().manual_seed(0))
+    call = dict(
+        prompt_embeds=p["prompt_embeds"],
+        negative_prompt_embeds=p["negative_prompt_embeds"],
+        num_inference_steps=steps,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+    )
     if family == "wan":
         call["num_frames"] = 5
     else:
-        call |= dict(pooled_prompt_embeds=p["pooled_prompt_embeds"],
-                     negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"])
+        call |= dict(
+            pooled_prompt_embeds=p["pooled_prompt_embeds"],
+            negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"],
+        )
     return pipe(**call, output="latents")
 
 
@@ -69,14 +77,18 @@ def _negative(family: str) -> dict:
 
 
 def _hooks_left(model: torch.nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks]
+    return [
+        name
+        for name, m in model.named_modules()
+        if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
+    ]
 
 
 @pytest.mark.parametrize("family", ["wan", "sd3"])
 def test_strong_weak_guider_equals_guided_denoiser_bit_for_bit(family):
-    guider = StrongWeakGuidance(guidance_scale=3.0, strong_weak_scale=1.0,
-                                strong="scale(1.5):blocks:1", weak="skip:blocks:0")
+    guider = StrongWeakGuidance(
+        guidance_scale=3.0, strong_weak_scale=1.0, strong="scale(1.5):blocks:1", weak="skip:blocks:0"
+    )
     model = tiny_transformer(family)
     ours = _run(family, guider, model)
     assert _hooks_left(model) == []  # every branch's edits removed after its forward
@@ -93,9 +105,12 @@ def test_strong_weak_guider_equals_guided_denoiser_bit_for_bit(family):
 
 def test_guidance_off_is_the_plain_conditional_prediction():
     plain = _run("wan", ClassifierFreeGuidance(guidance_scale=1.0), tiny_transformer("wan"))
-    for guider in (StrongWeakGuidance(guidance_scale=1.0, strong_weak_scale=0.0, strong="scale(1.5):blocks:1",
-                                      weak="skip:blocks:0"),
-                   LayerEditAutoGuidance(guidance_scale=1.0, weak="skip:blocks:0")):
+    for guider in (
+        StrongWeakGuidance(
+            guidance_scale=1.0, strong_weak_scale=0.0, strong="scale(1.5):blocks:1", weak="skip:blocks:0"
+        ),
+        LayerEditAutoGuidance(guidance_scale=1.0, weak="skip:blocks:0"),
+    ):
         assert guider.num_conditions == 1
         assert torch.equal(_run("wan", guider, tiny_transformer("wan")), plain)
     # Disabled: the same, whatever the scales.
@@ -106,8 +121,9 @@ def test_guidance_off_is_the_plain_conditional_prediction():
 
 
 def test_guider_forward_is_the_spec_combination_on_random_tensors():
-    guider = StrongWeakGuidance(guidance_scale=4.0, strong_weak_scale=0.7, strong="scale(1.5):single:3",
-                                weak="skip:single:0")
+    guider = StrongWeakGuidance(
+        guidance_scale=4.0, strong_weak_scale=0.7, strong="scale(1.5):single:3", weak="skip:single:0"
+    )
     g = torch.Generator().manual_seed(1)
     preds = {k: torch.randn(2, 16, 4, generator=g) for k in ("cond", "uncond", "strong", "weak")}
     guider.set_state(step=0, num_inference_steps=10, timestep=torch.tensor(999.0))
@@ -117,8 +133,13 @@ def test_guider_forward_is_the_spec_combination_on_random_tensors():
 
 
 def test_branch_schedule_follows_the_strong_weak_window():
-    guider = StrongWeakGuidance(guidance_scale=3.0, strong="scale(1.5):blocks:1", weak="skip:blocks:0",
-                                strong_weak_start=0.5, strong_weak_stop=1.0)
+    guider = StrongWeakGuidance(
+        guidance_scale=3.0,
+        strong="scale(1.5):blocks:1",
+        weak="skip:blocks:0",
+        strong_weak_start=0.5,
+        strong_weak_stop=1.0,
+    )
     seen = []
     model = tiny_transformer("wan")
     model.register_forward_pre_hook(lambda m, a: seen.append(guider._step))
@@ -130,10 +151,16 @@ def test_branch_schedule_follows_the_strong_weak_window():
 def test_layer_edit_autoguidance_matches_diffusers_autoguidance_where_its_skip_is_right():
     # Wan blocks return one tensor, so diffusers' layer skip is correct there; diffusers' AutoGuidance
     # runs the weakened model on the negative prompt: weak_prompt="neg" is the same method.
-    ours = _run("wan", LayerEditAutoGuidance(guidance_scale=2.0, weak="skip:blocks:1", weak_prompt="neg"),
-                tiny_transformer("wan"))
-    theirs = _run("wan", AutoGuidance(guidance_scale=2.0, auto_guidance_config=LayerSkipConfig(indices=[1])),
-                  tiny_transformer("wan"))
+    ours = _run(
+        "wan",
+        LayerEditAutoGuidance(guidance_scale=2.0, weak="skip:blocks:1", weak_prompt="neg"),
+        tiny_transformer("wan"),
+    )
+    theirs = _run(
+        "wan",
+        AutoGuidance(guidance_scale=2.0, auto_guidance_config=LayerSkipConfig(indices=[1])),
+        tiny_transformer("wan"),
+    )
     # D + (w-1)(D - D_weak) vs D_weak + w (D - D_weak): equal up to float rounding.
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     plain = _run("wan", ClassifierFreeGuidance(guidance_scale=1.0), tiny_transformer("wan"))
@@ -145,8 +172,12 @@ def test_sd3_skip_layer_guidance_crashes_upstream_and_runs_with_our_edits():
     # diffusers 0.42.1's layer skip returns (image, text) from a skipped SD3 block, which returns
     # (text, image): the next block gets the streams swapped and the model crashes. FAILS once upstream
     # fixes it (then compare the two numerically). Ours: the same SLG through ditguide's edit engine.
-    slg = SkipLayerGuidance(guidance_scale=3.0, skip_layer_config=LayerSkipConfig(indices=[1]),
-                            skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0)
+    slg = SkipLayerGuidance(
+        guidance_scale=3.0,
+        skip_layer_config=LayerSkipConfig(indices=[1]),
+        skip_layer_guidance_start=0.0,
+        skip_layer_guidance_stop=1.0,
+    )
     with pytest.raises(RuntimeError, match="is invalid for input of size"):
         _run("sd3", slg, tiny_transformer("sd3"))
     ours = SpecGuidance(preset("slg", cfg_scale=3.0, blocks=["blocks:1"], interval=[0.0, 1.0]))
@@ -155,8 +186,13 @@ def test_sd3_skip_layer_guidance_crashes_upstream_and_runs_with_our_edits():
 
 
 def test_config_round_trip_and_new(tmp_path):
-    guider = StrongWeakGuidance(guidance_scale=3.0, strong_weak_scale=0.5, strong="scale(1.5):blocks:1",
-                                weak="skip:blocks:0", strong_weak_start=0.25)
+    guider = StrongWeakGuidance(
+        guidance_scale=3.0,
+        strong_weak_scale=0.5,
+        strong="scale(1.5):blocks:1",
+        weak="skip:blocks:0",
+        strong_weak_start=0.25,
+    )
     guider.save_pretrained(tmp_path)
     loaded = StrongWeakGuidance.from_pretrained(tmp_path)
     assert loaded.spec.to_dict() == guider.spec.to_dict()

@@ -31,7 +31,6 @@ F64 = torch.float64
 TOL = dict(rtol=0, atol=1e-12)
 
 
-
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():
@@ -372,7 +371,9 @@ def test_identity_attn_in_stream_keeps_image_to_text_attention(family):
                 h.remove()
         got = run(model, inputs, BlockEdit("identity_attn_in_stream", [index], streams=("image",)))
         torch.testing.assert_close(got, expected, **TOL)
-        assert (got - run(model, inputs, BlockEdit("identity_attn_all_tokens", [index], streams=("image",)))).abs().max() > 1e-3
+        assert (
+            got - run(model, inputs, BlockEdit("identity_attn_all_tokens", [index], streams=("image",)))
+        ).abs().max() > 1e-3
 
 
 def test_identity_attn_in_stream_leaves_text_queries_alone_and_is_identity_on_one_stream():
@@ -386,7 +387,9 @@ def test_identity_attn_in_stream_leaves_text_queries_alone_and_is_identity_on_on
     assert torch.equal(got["text"], plain["text"]) and not torch.allclose(got["image"], plain["image"])
     # Wan's self-attention has one stream: in-stream identity is the identity attention
     wan, wan_inputs = model_of("wan", F64), tiny_inputs("wan", 2, dtype=F64)
-    assert torch.equal(run(wan, wan_inputs, "identity_attn_in_stream:1"), run(wan, wan_inputs, "identity_attn_all_tokens:1"))
+    assert torch.equal(
+        run(wan, wan_inputs, "identity_attn_in_stream:1"), run(wan, wan_inputs, "identity_attn_all_tokens:1")
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Defining your `__torch_function__` as a plain method")
@@ -564,7 +567,9 @@ def test_nested_contexts_on_the_same_rows_compose_as_functions():
     # edits of one spec on one block combine: scales multiply, repeat counts multiply
     spec = EditSpec.from_string("scale(0.5):single:2;scale(0.5):single:2")
     torch.testing.assert_close(run(model, inputs, spec), twice, **TOL)
-    assert torch.equal(run(model, inputs, "repeat(2):double:0;repeat(2):double:0"), run(model, inputs, "repeat(4):double:0"))
+    assert torch.equal(
+        run(model, inputs, "repeat(2):double:0;repeat(2):double:0"), run(model, inputs, "repeat(4):double:0")
+    )
 
 
 def test_rows_are_rows_of_the_model_call_inside_nested_splits():
@@ -632,7 +637,9 @@ def test_upstream_hook_registry_remove_hook_drops_the_next_hooks_forward():
     only_second = run(model, inputs, "scale(2):single:0")
     first = attach_edits(model, "skip:single:0")
     attach_edits(model, "scale(2):single:0")
-    HookRegistry.check_if_exists_or_initialize(model.single_transformer_blocks[0]).remove_hook(first.name, recurse=False)
+    HookRegistry.check_if_exists_or_initialize(model.single_transformer_blocks[0]).remove_hook(
+        first.name, recurse=False
+    )
     out = model(**inputs).sample
     assert not torch.equal(out, only_second)  # the bug: the scale edit vanished too
     assert torch.equal(out, run(tiny_transformer("flux"), inputs))
@@ -656,8 +663,14 @@ def test_stateful_diffusers_hooks_are_refused():
 # --- validation ----------------------------------------------------------------------------------
 
 BAD_EDITS = [
-    (dict(op="drop", blocks=[0]), r"parameter 'op' is 'drop'; allowed ops: \['identity_attn_all_tokens', 'identity_attn_in_stream', 'repeat'"),
-    (dict(op="identity_attn", blocks=[0]), r"op 'identity_attn' was renamed: use identity_attn_all_tokens .* or identity_attn_in_stream"),
+    (
+        dict(op="drop", blocks=[0]),
+        r"parameter 'op' is 'drop'; allowed ops: \['identity_attn_all_tokens', 'identity_attn_in_stream', 'repeat'",
+    ),
+    (
+        dict(op="identity_attn", blocks=[0]),
+        r"op 'identity_attn' was renamed: use identity_attn_all_tokens .* or identity_attn_in_stream",
+    ),
     (dict(op="skip", blocks=[]), r"parameter 'blocks' is empty"),
     (dict(op="skip", blocks=[-1]), r"parameter 'blocks' has -1"),
     (dict(op="skip", blocks=[True]), r"parameter 'blocks' has True"),
@@ -688,19 +701,39 @@ def test_invalid_edits_are_rejected_when_built(kwargs, message):
 
 BAD_FOR_MODEL = [
     ("flux", dict(op="skip", blocks=["single:2"]), r"parameter 'blocks'.*'single' has 2 blocks.*single:0\.\.1"),
-    ("flux", dict(op="skip", blocks=[4]), r"parameter 'blocks': block index 4 out of range: this flux model has 4 blocks"),
+    (
+        "flux",
+        dict(op="skip", blocks=[4]),
+        r"parameter 'blocks': block index 4 out of range: this flux model has 4 blocks",
+    ),
     ("wan", dict(op="skip", blocks=["blocks.10"]), r"'blocks' has 2 blocks"),
     ("flux", dict(op="skip", blocks=["double:1", 1]), r"names block double:1 twice"),
-    ("flux", dict(op="skip_cross_attn", blocks=[0]), r"skip_cross_attn on block double:0: no cross-attention acts on stream"),
+    (
+        "flux",
+        dict(op="skip_cross_attn", blocks=[0]),
+        r"skip_cross_attn on block double:0: no cross-attention acts on stream",
+    ),
     ("wan", dict(op="skip", blocks=[0], streams=("text",)), r"family 'wan' has streams \('image',\)"),
-    ("sd3", dict(op="skip_ff", blocks=["blocks:2"], streams=("text",)), r"block blocks:2.*returns only \('image',\).*context_pre_only"),
+    (
+        "sd3",
+        dict(op="skip_ff", blocks=["blocks:2"], streams=("text",)),
+        r"block blocks:2.*returns only \('image',\).*context_pre_only",
+    ),
     ("sd3", dict(op="identity_attn_all_tokens", blocks=[2], streams=("text", "image")), r"returns only \('image',\)"),
     ("sd3", dict(op="identity_attn_in_stream", blocks=[2], streams=("text",)), r"returns only \('image',\)"),
-    ("cogview4", dict(op="repeat", blocks=[0], times=2, streams=("image",)), r"repeat on block blocks:0.*must cover all"),
+    (
+        "cogview4",
+        dict(op="repeat", blocks=[0], times=2, streams=("image",)),
+        r"repeat on block blocks:0.*must cover all",
+    ),
     ("wan", dict(op="skip_cross_attn", blocks=[1], streams=("text",)), r"family 'wan' has streams"),
     # the model decodes only image tokens: a text-only edit of the last block cannot matter
     ("flux", dict(op="skip_ff", blocks=["single:1"], streams=("text",)), r"discards the text output of its last block"),
-    ("cogview4", dict(op="identity_attn_all_tokens", blocks=[1], streams=("text",)), r"discards the text output of its last block"),
+    (
+        "cogview4",
+        dict(op="identity_attn_all_tokens", blocks=[1], streams=("text",)),
+        r"discards the text output of its last block",
+    ),
 ]
 
 
@@ -737,9 +770,13 @@ def test_uncovered_processors_and_backends_are_refused():
     model = tiny_transformer("flux")
     model.transformer_blocks[1].attn.set_processor(MyProcessor())
     for op in ("skip_attn", "identity_attn_all_tokens", "identity_attn_in_stream"):
-        with pytest.raises(EditError, match=r"attention 'attn' uses processor MyProcessor, .*covered: \['FluxAttnProcessor'\]"):
+        with pytest.raises(
+            EditError, match=r"attention 'attn' uses processor MyProcessor, .*covered: \['FluxAttnProcessor'\]"
+        ):
             validate_edits(EditSpec([BlockEdit(op, ["double:1"])]), model)
-    validate_edits(EditSpec([BlockEdit("skip", ["double:1"]), BlockEdit("identity_attn_all_tokens", ["double:0"])]), model)
+    validate_edits(
+        EditSpec([BlockEdit("skip", ["double:1"]), BlockEdit("identity_attn_all_tokens", ["double:0"])]), model
+    )
 
     model.transformer_blocks[0].attn.processor._attention_backend = "flex"
     with pytest.raises(EditError, match=r"attention backend 'flex' of 'attn' does not call torch's scaled_dot_product"):
@@ -761,18 +798,30 @@ def test_an_attention_edit_that_cannot_act_raises_at_run_time(monkeypatch):
 
     name = AttentionBackendName._NATIVE_NPU  # an existing slot, borrowed for the stand-in
     monkeypatch.setitem(_AttentionBackendRegistry._backends, name, manual_attention)
-    monkeypatch.setitem(_AttentionBackendRegistry._supported_arg_names, name, set(inspect.signature(manual_attention).parameters))
+    monkeypatch.setitem(
+        _AttentionBackendRegistry._supported_arg_names, name, set(inspect.signature(manual_attention).parameters)
+    )
     model, inputs = tiny_transformer("toy"), tiny_inputs("toy", 1)
     processor = model.single_transformer_blocks[0].attn.processor
     with apply_edits(model, "identity_attn_all_tokens:single:0"):
         processor._attention_backend = name
-        with pytest.raises(EditError, match=r"block single:0: attention 'attn' did not call torch's scaled_dot_product"):
+        with pytest.raises(
+            EditError, match=r"block single:0: attention 'attn' did not call torch's scaled_dot_product"
+        ):
             model(**inputs)
         processor._attention_backend = None
         model(**inputs)
 
 
-@pytest.mark.parametrize("rows, message", [([-1], "distinct row ids >= 0"), ([1, 1], "distinct row ids"), ([0.5], "integer row ids"), (torch.tensor([True]), "1-D tensor of integer row ids")])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([-1], "distinct row ids >= 0"),
+        ([1, 1], "distinct row ids"),
+        ([0.5], "integer row ids"),
+        (torch.tensor([True]), "1-D tensor of integer row ids"),
+    ],
+)
 def test_invalid_rows_are_rejected(rows, message):
     model = model_of("flux")
     before = snapshot(model)
@@ -814,8 +863,15 @@ def test_spec_round_trips_through_dict_json_yaml_and_string():
     assert EditSpec.from_string("skip:double:1,single:3") == EditSpec([BlockEdit("skip", ["double:1", "single:3"])])
     assert str(EditSpec()) == "<no edit>" and EditSpec.parse(None) == EditSpec() and not EditSpec()
     assert set(OPS) == {
-        "skip", "skip_attn", "skip_cross_attn", "skip_ff", "scale", "identity_attn_in_stream", "identity_attn_all_tokens",
-        "temperature", "repeat",
+        "skip",
+        "skip_attn",
+        "skip_cross_attn",
+        "skip_ff",
+        "scale",
+        "identity_attn_in_stream",
+        "identity_attn_all_tokens",
+        "temperature",
+        "repeat",
     }
 
 

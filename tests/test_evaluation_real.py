@@ -49,9 +49,16 @@ class TinyExtractor(torch.nn.Module):
 
 def tiny_clip() -> ClipSim:
     """RESEARCH.md's tiny open_clip config; random weights, the same ones in every call."""
-    clip = ClipSim("ViT-B-32", pretrained=None, batch_size=4, model_kwargs=dict(
-        embed_dim=32, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=16, head_width=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)))
+    clip = ClipSim(
+        "ViT-B-32",
+        pretrained=None,
+        batch_size=4,
+        model_kwargs=dict(
+            embed_dim=32,
+            vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=16, head_width=32),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+        ),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         clip._load()
@@ -69,7 +76,9 @@ def write_fake_coco(data_dir: Path, n_images: int = 10) -> None:
         name = f"{image_id:012d}.jpg"
         images.append({"id": image_id, "file_name": name})
         for c in range(2):
-            annotations.append({"id": 10 * k + c, "image_id": image_id, "caption": f"{words[(k + c) % len(words)]} number {k}"})
+            annotations.append(
+                {"id": 10 * k + c, "image_id": image_id, "caption": f"{words[(k + c) % len(words)]} number {k}"}
+            )
         base = rng.integers(40, 200, (1, 1, 3))
         pixels = np.clip(base + rng.normal(0, 30, (40 + 2 * k, 50, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(data_dir / coco.IMAGES_DIRNAME / name, quality=90)
@@ -83,14 +92,28 @@ def coco_dir(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("coco2017")
     write_fake_coco(data)
     assert coco.main(["sample", "--data-dir", str(data), "--n-test", str(N_TEST), "--n-dev", "2"]) == 0
-    assert coco.main(["reference", "--data-dir", str(data), "--split", "test", "--resolution", "256", "--workers", "1"]) == 0
+    assert (
+        coco.main(["reference", "--data-dir", str(data), "--split", "test", "--resolution", "256", "--workers", "1"])
+        == 0
+    )
     return data
 
 
 def t2i(coco_dir, runs, **kw):
-    args = dict(split="test", resolution=256, specs=["ag"], batch_size=4, params=PARAMS, data_dir=coco_dir,
-                runs_dir=runs, device="cpu", fid_extractor=TinyExtractor().eval(), fid_extractor_id="tiny-test",
-                clip=tiny_clip(), num_workers=0)
+    args = dict(
+        split="test",
+        resolution=256,
+        specs=["ag"],
+        batch_size=4,
+        params=PARAMS,
+        data_dir=coco_dir,
+        runs_dir=runs,
+        device="cpu",
+        fid_extractor=TinyExtractor().eval(),
+        fid_extractor_id="tiny-test",
+        clip=tiny_clip(),
+        num_workers=0,
+    )
     return evaluate_t2i_real("tiny-flux", **{**args, **kw})
 
 
@@ -118,8 +141,13 @@ def test_tiny_text_pipelines_render_from_text(family):
     pipe = tiny_text_pipeline(family)
 
     def render(prompt):
-        out = pipe(prompt=[prompt], num_inference_steps=2, output_type="np", generator=sample_generators([0]),
-                   **TINY_CALL[family])
+        out = pipe(
+            prompt=[prompt],
+            num_inference_steps=2,
+            output_type="np",
+            generator=sample_generators([0]),
+            **TINY_CALL[family],
+        )
         return np.asarray(out.frames if family == "wan" else out.images)
 
     a, b = render("a red bus"), render("two cats on a mat")
@@ -173,7 +201,9 @@ def test_t2i_real_on_tiny_flux(coco_dir, tmp_path):
     for name, m in methods.items():
         resumed = again.metrics["methods"][name]
         assert resumed["run_dir"] == m["run_dir"]
-        assert (resumed["fid"], resumed["clip_sim"], resumed["nfe_per_step"]) == pytest.approx((m["fid"], m["clip_sim"], m["nfe_per_step"]))
+        assert (resumed["fid"], resumed["clip_sim"], resumed["nfe_per_step"]) == pytest.approx(
+            (m["fid"], m["clip_sim"], m["nfe_per_step"])
+        )
 
     limited = t2i(coco_dir, runs, specs=[], limit=3)  # the same folders, their first 3 samples
     assert list(limited.metrics["methods"]) == ["baseline"] and limited.metrics["protocol"]["n"] == 3
@@ -182,11 +212,18 @@ def test_t2i_real_on_tiny_flux(coco_dir, tmp_path):
 
 def test_t2i_bad_inputs_fail_before_sampling(coco_dir, tmp_path):
     runs = tmp_path / "runs"
-    with pytest.raises(ConfigError, match=r"spec='nope' is not a guidance spec of profile 'tiny-flux'; allowed: baseline, none, ag"):
+    with pytest.raises(
+        ConfigError, match=r"spec='nope' is not a guidance spec of profile 'tiny-flux'; allowed: baseline, none, ag"
+    ):
         t2i(coco_dir, runs, specs=["ag", "nope"])
-    with pytest.raises(coco.MissingDataError, match=r"python -m ditguide.coco annotations .*python -m ditguide.coco sample"):
+    with pytest.raises(
+        coco.MissingDataError, match=r"python -m ditguide.coco annotations .*python -m ditguide.coco sample"
+    ):
         t2i(tmp_path / "no-coco", runs)
-    with pytest.raises(coco.MissingDataError, match=r"reference .*test-512 is missing.*python -m ditguide.coco reference .*--resolution 512"):
+    with pytest.raises(
+        coco.MissingDataError,
+        match=r"reference .*test-512 is missing.*python -m ditguide.coco reference .*--resolution 512",
+    ):
         t2i(coco_dir, runs, resolution=512)  # the split exists, its 512 reference does not
     with pytest.raises(ConfigError, match="VBench needs a video profile"):
         evaluate_t2v("tiny-flux", params=PARAMS, runs_dir=runs)
@@ -195,9 +232,19 @@ def test_t2i_bad_inputs_fail_before_sampling(coco_dir, tmp_path):
     params = load_params(PARAMS)
     params["profiles"]["absent"] = {"family": "flux", "kind": "image", "model": "nobody/no-such-model-ditguide"}
     with pytest.raises(FileNotFoundError, match="hf download nobody/no-such-model-ditguide"):
-        evaluate_t2i_real("absent", split="test", resolution=256, params=params, data_dir=coco_dir, runs_dir=runs,
-                          device="cpu", fid_extractor=TinyExtractor(), fid_extractor_id="tiny-test", clip=tiny_clip(),
-                          num_workers=0)
+        evaluate_t2i_real(
+            "absent",
+            split="test",
+            resolution=256,
+            params=params,
+            data_dir=coco_dir,
+            runs_dir=runs,
+            device="cpu",
+            fid_extractor=TinyExtractor(),
+            fid_extractor_id="tiny-test",
+            clip=tiny_clip(),
+            num_workers=0,
+        )
     assert not runs.exists()  # nothing was rendered
 
 
@@ -208,8 +255,10 @@ def test_t2i_bad_inputs_fail_before_sampling(coco_dir, tmp_path):
 def vbench_python() -> Path:
     python = vb.default_vbench_python()
     if not python.is_file():
-        pytest.fail(f"VBench environment missing (no {python}): run `bash scripts/setup_vbench_env.sh` first "
-                    "(or set DITGUIDE_VBENCH_PYTHON)")
+        pytest.fail(
+            f"VBench environment missing (no {python}): run `bash scripts/setup_vbench_env.sh` first "
+            "(or set DITGUIDE_VBENCH_PYTHON)"
+        )
     return python
 
 
@@ -224,12 +273,20 @@ def flicker(path: Path) -> float:
 
 
 def test_suite_subset_and_summary():
-    suite = [{"prompt_en": "a", "dimension": ["color", "scene"]}, {"prompt_en": "b", "dimension": ["color"]},
-             {"prompt_en": "c", "dimension": ["scene"]}, {"prompt_en": "a", "dimension": ["human_action"]}]
+    suite = [
+        {"prompt_en": "a", "dimension": ["color", "scene"]},
+        {"prompt_en": "b", "dimension": ["color"]},
+        {"prompt_en": "c", "dimension": ["scene"]},
+        {"prompt_en": "a", "dimension": ["human_action"]},
+    ]
     assert suite_subset(suite, ["color", "scene"]) == [
-        {"prompt_en": "a", "dimension": ["color", "scene"]}, {"prompt_en": "b", "dimension": ["color"]},
-        {"prompt_en": "c", "dimension": ["scene"]}]
-    assert suite_subset(suite, ["scene", "human_action"], limit=1) == [{"prompt_en": "a", "dimension": ["scene", "human_action"]}]
+        {"prompt_en": "a", "dimension": ["color", "scene"]},
+        {"prompt_en": "b", "dimension": ["color"]},
+        {"prompt_en": "c", "dimension": ["scene"]},
+    ]
+    assert suite_subset(suite, ["scene", "human_action"], limit=1) == [
+        {"prompt_en": "a", "dimension": ["scene", "human_action"]}
+    ]
     with pytest.raises(ValueError, match="no prompts for dimension 'dynamic_degree'"):
         suite_subset(suite, ["dynamic_degree"])
     raw = {d: 0.5 + 0.02 * i for i, d in enumerate(vb.DIMENSIONS)}
@@ -241,13 +298,25 @@ def test_suite_subset_and_summary():
 
 def test_t2v_on_tiny_wan_through_vbench(tmp_path):
     python = vbench_python()
-    standard = [e for e in json.loads(vb.standard_prompt_suite(python).read_text()) if e["dimension"] == ["temporal_flickering"]]
+    standard = [
+        e for e in json.loads(vb.standard_prompt_suite(python).read_text()) if e["dimension"] == ["temporal_flickering"]
+    ]
     suite = tmp_path / "suite.json"
     suite.write_text(json.dumps(standard[:2] + [{"prompt_en": "unused prompt", "dimension": ["color"]}]))
     prompts = [e["prompt_en"] for e in standard[:2]]
     runs = tmp_path / "runs"
-    result = evaluate_t2v("tiny-wan", prompts=suite, samples_per_prompt=2, dimensions=["temporal_flickering"], specs=["stg"],
-                          params=PARAMS, runs_dir=runs, device="cpu", vbench_device="cpu", timeout=300)
+    result = evaluate_t2v(
+        "tiny-wan",
+        prompts=suite,
+        samples_per_prompt=2,
+        dimensions=["temporal_flickering"],
+        specs=["stg"],
+        params=PARAMS,
+        runs_dir=runs,
+        device="cpu",
+        vbench_device="cpu",
+        timeout=300,
+    )
     methods = result.metrics["methods"]
     assert list(methods) == ["baseline", "stg"]
     for m in methods.values():
@@ -257,14 +326,24 @@ def test_t2v_on_tiny_wan_through_vbench(tmp_path):
         assert record["n_videos"] == 4 == m["n_videos"]["temporal_flickering"] and record["mode"] == "vbench_standard"
         expected = np.mean([flicker(p) for p in videos.iterdir()])  # VBench's number, recomputed from the files
         assert m["raw"]["temporal_flickering"] == pytest.approx(100 * expected, abs=0.2)
-        assert m["normalized"]["temporal_flickering"] == pytest.approx((m["raw"]["temporal_flickering"] / 100 - 0.6293) / (1 - 0.6293))
+        assert m["normalized"]["temporal_flickering"] == pytest.approx(
+            (m["raw"]["temporal_flickering"] / 100 - 0.6293) / (1 - 0.6293)
+        )
         assert m["total"] is None and m["quality"] is None and m["semantic"] is None  # 1 of 16 dimensions
-    first = {name: (Path(m["run_dir"]) / gen.SAMPLES_DIRNAME / f"{prompts[0]}-0.mp4").read_bytes() for name, m in methods.items()}
+    first = {
+        name: (Path(m["run_dir"]) / gen.SAMPLES_DIRNAME / f"{prompts[0]}-0.mp4").read_bytes()
+        for name, m in methods.items()
+    }
     assert first["baseline"] != first["stg"]  # the spec changed the videos
     # tiny-wan's own CFG (5.0) costs 2 forwards; stg adds its perturbed branch, which skips block 0 of 2.
     assert methods["baseline"]["nfe_per_step"] == 2.0 and methods["stg"]["nfe_per_step"] == pytest.approx(2.5)
     p = result.metrics["protocol"]
-    assert (p["n_prompts"], p["samples_per_prompt"], p["n_videos"], p["dimensions"]) == (2, 2, 4, ["temporal_flickering"])
+    assert (p["n_prompts"], p["samples_per_prompt"], p["n_videos"], p["dimensions"]) == (
+        2,
+        2,
+        4,
+        ["temporal_flickering"],
+    )
     assert p["generation"]["fps"] == 8 and p["generation"]["num_frames"] == 5 and p["vbench"].startswith("vbench 0.1")
     json.dumps(result.metrics)
     table = result.table()
@@ -276,7 +355,9 @@ def test_t2v_bad_inputs_fail_before_sampling(tmp_path):
     runs = tmp_path / "runs"
     with pytest.raises(vb.VBenchEnvironmentError, match=r"scripts/setup_vbench_env.sh"):
         evaluate_t2v("tiny-wan", params=PARAMS, runs_dir=runs, vbench_python=tmp_path / "no-venv" / "bin" / "python")
-    with pytest.raises(ConfigError, match=r"spec='slg' is not a guidance spec of profile 'tiny-wan'; allowed: baseline, none, stg"):
+    with pytest.raises(
+        ConfigError, match=r"spec='slg' is not a guidance spec of profile 'tiny-wan'; allowed: baseline, none, stg"
+    ):
         evaluate_t2v("tiny-wan", specs=["slg"], params=PARAMS, runs_dir=runs)
     with pytest.raises(ValueError, match="unknown VBench dimensions"):
         evaluate_t2v("tiny-wan", dimensions=["flicker"], params=PARAMS, runs_dir=runs)

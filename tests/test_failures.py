@@ -26,8 +26,13 @@ def _env(src: Path) -> dict:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
-                          cwd=cwd, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 @pytest.fixture
@@ -52,8 +57,14 @@ def _edit_params(clone: Path, edit) -> None:
 
 
 def _repro(clone: Path, stage: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "dvc"), "repro", "-s", stage], cwd=clone, env=_env(clone / "src"),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(VENV_BIN / "dvc"), "repro", "-s", stage],
+        cwd=clone,
+        env=_env(clone / "src"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,9 +74,16 @@ def _repro(clone: Path, stage: str) -> subprocess.CompletedProcess:
         ("train_toy", lambda p: p["train_toy"].update(lr="1e-4"), "train_toy.lr='1e-4' is not allowed"),
         ("train_judge", lambda p: p["train_judge"].update(epochs=0), "epochs=0 is not allowed"),
         # A preset typo: once the six committed figures, metrics and table were deleted.
-        ("evaluate_t2i", lambda p: p["profiles"]["toy"]["guidance"]["apg"].update(preset="apgg"),
-         "profiles.toy.guidance.apg: preset name = 'apgg'"),
-        ("evaluate_t2i", lambda p: p["evaluate_t2i"].update(samples_per_clas=3), "no parameter(s) ['samples_per_clas']"),
+        (
+            "evaluate_t2i",
+            lambda p: p["profiles"]["toy"]["guidance"]["apg"].update(preset="apgg"),
+            "profiles.toy.guidance.apg: preset name = 'apgg'",
+        ),
+        (
+            "evaluate_t2i",
+            lambda p: p["evaluate_t2i"].update(samples_per_clas=3),
+            "no parameter(s) ['samples_per_clas']",
+        ),
     ],
     ids=["train_toy-lr-string", "train_judge-epochs-0", "evaluate_t2i-preset-typo", "evaluate_t2i-unknown-parameter"],
 )
@@ -85,7 +103,7 @@ def test_every_committed_stage_output_persists():
         body = stage.get("do", stage)
         for section in ("outs", "metrics"):
             for out in body.get(section, []):
-                (path, flags), = out.items()
+                ((path, flags),) = out.items()
                 assert flags.get("persist") is True, f"{name}: {path} is not persist: true"
 
 
@@ -111,8 +129,12 @@ def _no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded before validation")
 
-    for module, name in ((ditguide.render, "load_pipeline"), (ditguide.profiles, "load_pipeline"),
-                         (safetensors.torch, "load_file"), (safetensors.torch, "safe_open")):
+    for module, name in (
+        (ditguide.render, "load_pipeline"),
+        (ditguide.profiles, "load_pipeline"),
+        (safetensors.torch, "load_file"),
+        (safetensors.torch, "safe_open"),
+    ):
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -161,8 +183,14 @@ def _real_profile_without_weights(tmp_path: Path, family: str, blocks: list[str]
     config = {"_class_name": _model_class(family).__name__, **TINY_CONFIGS[family]}
     (model / "transformer" / "config.json").write_text(json.dumps(config))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["profiles"]["real"] = {"family": family, "model": str(model), "dtype": "float32", "steps": 4,
-                                  **REAL_FAMILIES[family][0], "guidance": {"far": {"preset": "slg", "blocks": blocks}}}
+    params["profiles"]["real"] = {
+        "family": family,
+        "model": str(model),
+        "dtype": "float32",
+        "steps": 4,
+        **REAL_FAMILIES[family][0],
+        "guidance": {"far": {"preset": "slg", "blocks": blocks}},
+    }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -210,11 +238,21 @@ def test_local_model_skeleton_takes_the_class_from_its_config_and_checks_prompts
     model = tmp_path / "video-model"
     (model / "transformer").mkdir(parents=True)
     (model / "text_encoder").mkdir()
-    (model / "transformer" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", **TINY_CONFIGS["wan"]}))
-    (model / "text_encoder" / "config.json").write_text(json.dumps({"_class_name": "ToyPromptEncoder", "max_length": 4}))
-    (model / "model_index.json").write_text(json.dumps({"_class_name": "SomeVideoPipeline",
-                                                        "text_encoder": ["ditguide.toy.prompt_encoder", "ToyPromptEncoder"],
-                                                        "transformer": ["diffusers", "WanTransformer3DModel"]}))
+    (model / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "WanTransformer3DModel", **TINY_CONFIGS["wan"]})
+    )
+    (model / "text_encoder" / "config.json").write_text(
+        json.dumps({"_class_name": "ToyPromptEncoder", "max_length": 4})
+    )
+    (model / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "SomeVideoPipeline",
+                "text_encoder": ["ditguide.toy.prompt_encoder", "ToyPromptEncoder"],
+                "transformer": ["diffusers", "WanTransformer3DModel"],
+            }
+        )
+    )
     prof = Profile(name="clip", family="toy", kind="video", model=str(model), height=16, width=16, num_frames=5)
     _no_weights(monkeypatch)
     transformer, encoder = model_skeleton(prof)
@@ -231,8 +269,20 @@ def test_generate_cli_refuses_a_bad_block_address_before_loading_weights(tmp_pat
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\n")
     params = _real_profile_without_weights(tmp_path, "flux", ["single:9"])
-    run = _cli(tmp_path, "ditguide.generate", "--profile", "real", "--spec", "far", "--prompts", str(prompts),
-               "--out", str(tmp_path / "o"), "--params", str(params))
+    run = _cli(
+        tmp_path,
+        "ditguide.generate",
+        "--profile",
+        "real",
+        "--spec",
+        "far",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "o"),
+        "--params",
+        str(params),
+    )
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "profiles.real.guidance.far" in lines[0] and "single:9" in lines[0], run.stderr
@@ -253,11 +303,17 @@ def test_long_prompt_mid_list_fails_before_the_first_sample(tmp_path):
 def test_evaluate_t2i_checks_every_spec_before_the_first_method_renders(tmp_path):
     from ditguide.evaluation import evaluate_t2i_toy
 
-    params = yaml.safe_load(_toy_params(tmp_path, {"ok": {"preset": "apg"},
-                                                   "far": {"preset": "slg", "blocks": ["double:5"]}}).read_text())
+    params = yaml.safe_load(
+        _toy_params(tmp_path, {"ok": {"preset": "apg"}, "far": {"preset": "slg", "blocks": ["double:5"]}}).read_text()
+    )
     with pytest.raises(ValueError, match="double:5"):
-        evaluate_t2i_toy("toy", samples_per_class=1, params=params, judge_path=str(REPO / "data/toy/judge.safetensors"),
-                         runs_dir=str(tmp_path / "runs"))
+        evaluate_t2i_toy(
+            "toy",
+            samples_per_class=1,
+            params=params,
+            judge_path=str(REPO / "data/toy/judge.safetensors"),
+            runs_dir=str(tmp_path / "runs"),
+        )
     assert not (tmp_path / "runs").exists()  # none and cfg did not render first
 
 
@@ -354,8 +410,12 @@ def test_renderer_output_of_another_size_than_the_manifest_is_refused_before_sav
         generate(_GreyVideoRenderer(frames=4), ["a"], tmp_path, samples_per_prompt=1, progress=False)
     assert not list((tmp_path / "samples").iterdir())
     with pytest.raises(ValueError, match="sample 0: 12x8, but the run records 4x4"):
-        generate(type("Wide", (_GreyRenderer,), {"render": lambda self, p, i: [np.zeros((8, 12, 3), np.uint8)]})(),
-                 ["a"], tmp_path / "img", progress=False)
+        generate(
+            type("Wide", (_GreyRenderer,), {"render": lambda self, p, i: [np.zeros((8, 12, 3), np.uint8)]})(),
+            ["a"],
+            tmp_path / "img",
+            progress=False,
+        )
 
 
 def test_wan_profile_frame_count_is_one_wan_renders():
@@ -397,8 +457,14 @@ def test_notebook_parameters_come_from_the_given_params_file(tmp_path):
 
 
 def _cli(tmp_path: Path, module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(REPO / "src"),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=_env(REPO / "src"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
@@ -409,16 +475,36 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     bad_params = tmp_path / "bad.yaml"
     bad_params.write_text("profiles: {toy: 5}\ntrain_toy: {lr: 1e-4}\n")
     return {
-        "generate-non-utf8": (["ditguide.generate", "--profile", "toy", "--prompts", str(latin1), "--out", str(tmp_path / "o")],
-                              "prompts.txt: not UTF-8"),
-        "generate-json": (["ditguide.generate", "--profile", "toy", "--prompts", str(broken_json), "--out", str(tmp_path / "o")],
-                          "prompts.json: not valid JSON (line 1"),
-        "notebook-profile": (["ditguide.notebook", "notebooks/03_evaluate_t2i.py", "--stage", "train_toy", "--params",
-                              str(bad_params), "-p", "profile", "toy"], "profiles.toy: expected a mapping"),
-        "toy-lr": (["ditguide.toy", "model", "--out", str(tmp_path / "m"), "--params", str(bad_params)],
-                   "train_toy.lr='1e-4' is not allowed"),
-        "coco-missing": (["ditguide.coco", "reference", "--data-dir", str(tmp_path / "none"), "--resolution", "256"],
-                         str(tmp_path / "none")),
+        "generate-non-utf8": (
+            ["ditguide.generate", "--profile", "toy", "--prompts", str(latin1), "--out", str(tmp_path / "o")],
+            "prompts.txt: not UTF-8",
+        ),
+        "generate-json": (
+            ["ditguide.generate", "--profile", "toy", "--prompts", str(broken_json), "--out", str(tmp_path / "o")],
+            "prompts.json: not valid JSON (line 1",
+        ),
+        "notebook-profile": (
+            [
+                "ditguide.notebook",
+                "notebooks/03_evaluate_t2i.py",
+                "--stage",
+                "train_toy",
+                "--params",
+                str(bad_params),
+                "-p",
+                "profile",
+                "toy",
+            ],
+            "profiles.toy: expected a mapping",
+        ),
+        "toy-lr": (
+            ["ditguide.toy", "model", "--out", str(tmp_path / "m"), "--params", str(bad_params)],
+            "train_toy.lr='1e-4' is not allowed",
+        ),
+        "coco-missing": (
+            ["ditguide.coco", "reference", "--data-dir", str(tmp_path / "none"), "--resolution", "256"],
+            str(tmp_path / "none"),
+        ),
     }
 
 
@@ -447,7 +533,9 @@ def test_error_messages_suggest_no_python_only_remedy():
     for path in sorted((REPO / "src" / "ditguide").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Raise) and node.exc is not None:
-                text = "".join(c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                text = "".join(
+                    c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                )
                 if re.search(PYTHON_ONLY_REMEDY, text) and "--" not in text:
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {text[:100]!r}")
     assert not offenders, "\n".join(offenders)
@@ -477,8 +565,17 @@ def test_generate_cli_names_flag(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ditguide.render, "load_renderer", lambda *a, **k: _GreyVideoRenderer())
     (tmp_path / "prompts.txt").write_text("a cat / a dog\n")
     (tmp_path / "names.txt").write_text("cat-dog-0\ncat-dog-1\n")
-    args = ["--profile", "tiny-wan", "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "o"),
-            "--samples-per-prompt", "2", "--no-progress"]
+    args = [
+        "--profile",
+        "tiny-wan",
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--out",
+        str(tmp_path / "o"),
+        "--samples-per-prompt",
+        "2",
+        "--no-progress",
+    ]
     assert gen.main(args) == 2  # the prompt cannot be a VBench file name
     assert "--names FILE" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert gen.main([*args, "--names", str(tmp_path / "names.txt")]) == 0
@@ -509,8 +606,18 @@ def test_generate_cli_reports_a_corrupt_sample_in_one_line_and_repairs_it(tmp_pa
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten digit one\na handwritten digit two\n")
     params = _toy_params(tmp_path, {})
-    args = ["ditguide.generate", "--profile", "toy", "--prompts", str(prompts), "--out", str(tmp_path / "o"),
-            "--params", str(params), "--no-progress"]
+    args = [
+        "ditguide.generate",
+        "--profile",
+        "toy",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "o"),
+        "--params",
+        str(params),
+        "--no-progress",
+    ]
     assert _cli(tmp_path, *args).returncode == 0
     (tmp_path / "o" / "samples" / "00001.png").write_bytes(b"")
     run = _cli(tmp_path, *args)

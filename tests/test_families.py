@@ -18,7 +18,6 @@ from helpers import model_of
 ALL = ["flux", "cogview4", "wan", "sd3", "toy"]
 
 
-
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():
@@ -28,8 +27,18 @@ def _no_grad():
 # --- dispatch and declarations -----------------------------------------------------------------
 
 EXPECTED = {
-    "flux": ("flux", [("double", "transformer_blocks"), ("single", "single_transformer_blocks")], ("image", "text"), [2, 2]),
-    "toy": ("flux", [("double", "transformer_blocks"), ("single", "single_transformer_blocks")], ("image", "text"), [2, 4]),
+    "flux": (
+        "flux",
+        [("double", "transformer_blocks"), ("single", "single_transformer_blocks")],
+        ("image", "text"),
+        [2, 2],
+    ),
+    "toy": (
+        "flux",
+        [("double", "transformer_blocks"), ("single", "single_transformer_blocks")],
+        ("image", "text"),
+        [2, 4],
+    ),
     "cogview4": ("cogview4", [("blocks", "transformer_blocks")], ("image", "text"), [2]),
     "wan": ("wan", [("blocks", "blocks")], ("image",), [2]),
     "sd3": ("sd3", [("blocks", "transformer_blocks")], ("image", "text"), [3]),
@@ -64,9 +73,13 @@ def test_toy_alias_is_the_flux_adapter():
 
 
 def test_unknown_family_and_model_raise():
-    with pytest.raises(FamilyError, match=r"unknown family 'mochi'.*known: \['cogview4', 'flux', 'sd3', 'toy', 'wan'\]"):
+    with pytest.raises(
+        FamilyError, match=r"unknown family 'mochi'.*known: \['cogview4', 'flux', 'sd3', 'toy', 'wan'\]"
+    ):
         get_family("mochi")
-    with pytest.raises(FamilyError, match="no family adapter for model class Linear; supported: .*FluxTransformer2DModel"):
+    with pytest.raises(
+        FamilyError, match="no family adapter for model class Linear; supported: .*FluxTransformer2DModel"
+    ):
         get_family(torch.nn.Linear(2, 2))
 
 
@@ -211,7 +224,9 @@ def test_run_block_on_rows_equals_running_the_block_on_those_rows(family):
         for k, v in arguments.items()
     }
     direct = block(**sub)
-    regrouped = run_block_on_rows(arguments, fam.batched_block_kwargs, [([3, 0], lambda a: block(**a)), ([1, 2, 4], lambda a: block(**a))])
+    regrouped = run_block_on_rows(
+        arguments, fam.batched_block_kwargs, [([3, 0], lambda a: block(**a)), ([1, 2, 4], lambda a: block(**a))]
+    )
     direct = direct if isinstance(direct, tuple) else (direct,)
     regrouped = regrouped if isinstance(regrouped, tuple) else (regrouped,)
     for d, r in zip(direct, regrouped):

@@ -155,7 +155,9 @@ def test_resume_with_a_different_run_is_an_error(tmp_path):
     with pytest.raises(gen.ManifestMismatchError, match=r"renderer\.label: existing 'a' / this run 'b'"):
         gen.generate(NoiseRenderer(label="b"), PROMPTS, tmp_path, state=FakeState(0, 1), progress=False)
     with pytest.raises(gen.ManifestMismatchError, match=r"samples\[3\]\.prompt"):
-        gen.generate(NoiseRenderer(), PROMPTS[:3] + ["another"] + PROMPTS[4:], tmp_path, state=FakeState(0, 1), progress=False)
+        gen.generate(
+            NoiseRenderer(), PROMPTS[:3] + ["another"] + PROMPTS[4:], tmp_path, state=FakeState(0, 1), progress=False
+        )
     with pytest.raises(gen.ManifestMismatchError, match="base_seed"):
         gen.generate(NoiseRenderer(base_seed=1), PROMPTS, tmp_path, state=FakeState(0, 1), progress=False)
     # A non-main process checks the recorded run too.
@@ -177,7 +179,9 @@ def test_seed_disagreement_and_bad_outputs_fail_before_writing(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         gen.generate(NoiseRenderer(), PROMPTS, tmp_path / "c", batch_size=0, state=FakeState(0, 1))
     with pytest.raises(ValueError, match="even"):
-        gen.generate(NoiseRenderer("video", size=15), PROMPTS[:1], tmp_path / "d", state=FakeState(0, 1), progress=False)
+        gen.generate(
+            NoiseRenderer("video", size=15), PROMPTS[:1], tmp_path / "d", state=FakeState(0, 1), progress=False
+        )
 
 
 def test_verify_reports_missing_and_corrupt_by_index(tmp_path):
@@ -236,7 +240,11 @@ def test_read_prompts_formats(tmp_path):
     assert gen.read_prompts(tmp_path / "p.csv") == ["a cat, sitting", "a dog"]
     (tmp_path / "p.json").write_text(json.dumps([{"caption": "x", "image_id": 1}, {"caption": "y", "image_id": 2}]))
     assert gen.read_prompts(tmp_path / "p.json") == ["x", "y"]
-    vbench = [{"prompt_en": "a", "dimension": ["scene"]}, {"prompt_en": "b", "dimension": ["color"]}, {"prompt_en": "a", "dimension": ["color"]}]
+    vbench = [
+        {"prompt_en": "a", "dimension": ["scene"]},
+        {"prompt_en": "b", "dimension": ["color"]},
+        {"prompt_en": "a", "dimension": ["color"]},
+    ]
     (tmp_path / "full_info.json").write_text(json.dumps(vbench))
     assert gen.read_prompts(tmp_path / "full_info.json") == ["a", "b"]
     with pytest.raises(ValueError, match="suffix '.yaml' not supported"):
@@ -255,8 +263,21 @@ def test_cli_uses_load_renderer_and_verifies(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(profiles, "load_renderer", fake_load_renderer, raising=False)
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS))
-    argv = ["--profile", "toy", "--spec", "ag:w=1.5", "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out"),
-            "--batch-size", "2", "--limit", "5", "--no-progress"]
+    argv = [
+        "--profile",
+        "toy",
+        "--spec",
+        "ag:w=1.5",
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "2",
+        "--limit",
+        "5",
+        "--no-progress",
+    ]
     assert gen.main(argv) == 0
     assert calls == [("toy", "ag:w=1.5", "params.yaml")]
     assert "5 samples complete and decodable" in capsys.readouterr().out
@@ -269,21 +290,26 @@ def test_distributed_launch_shards_over_two_processes(tmp_path):
     """A real two-process launch (torchrun, which `accelerate launch --multi_gpu` runs): the default
     PartialState forms the process group and each process renders its own indices."""
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(
-        f"""
+    script.write_text(
+        textwrap.dedent(
+            f"""
         import json, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_generate import NoiseRenderer, PROMPTS
         from ditguide.generate import generate
         r = NoiseRenderer()
-        s = generate(r, PROMPTS, {str(tmp_path / 'out')!r}, progress=False)
+        s = generate(r, PROMPTS, {str(tmp_path / "out")!r}, progress=False)
         open({str(tmp_path)!r} + f"/seen-{{r.seen[0] % 2}}.json", "w").write(json.dumps(r.seen))
         """
-    ))
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731", str(script)],
-        capture_output=True, text=True, timeout=180, env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "seen-0.json").read_text()) == [0, 2, 4, 6]

@@ -165,7 +165,9 @@ def test_combine_applies_active_terms_only():
     spec = GuidanceSpec.from_dict(SPEC)
     p = {"cond": rand(2, 3, seed=20), "uncond": rand(2, 3, seed=21), "weak": rand(2, 3, seed=22)}
     assert torch.equal(spec.combine(p, StepInfo(0, 10)), cfg(p["cond"], p["uncond"], 3.0))
-    assert torch.equal(spec.combine(p, StepInfo(4, 10)), cfg(p["cond"], p["uncond"], 3.0) + (p["cond"] - p["weak"]) * 2.0)
+    assert torch.equal(
+        spec.combine(p, StepInfo(4, 10)), cfg(p["cond"], p["uncond"], 3.0) + (p["cond"] - p["weak"]) * 2.0
+    )
     assert torch.equal(spec.combine(p, StepInfo(7, 10)), p["cond"] + (p["cond"] - p["weak"]) * 2.0)
 
 
@@ -249,7 +251,11 @@ def test_guidance_interval_maps_edm_sigma_by_signal_to_noise_ratio():
     assert (other.start, other.end) == (lo / (1 + lo), hi / (1 + hi))
 
 
-STRENGTHENING_OPS = {"scale": lambda e: e["alpha"] > 1, "repeat": lambda e: e["times"] > 1, "temperature": lambda e: e["tau"] < 1}
+STRENGTHENING_OPS = {
+    "scale": lambda e: e["alpha"] > 1,
+    "repeat": lambda e: e["times"] > 1,
+    "temperature": lambda e: e["tau"] < 1,
+}
 
 
 def test_strong_weak_default_strong_branch_is_a_strengthening():
@@ -319,7 +325,12 @@ def with_term(**changes):
         ({"branches": {"w": {"prompt": "pos", "edit": None}}}, ["branches.w", "prompt, edits"]),
         ({"scale": 2.0}, ["unknown keys", "terms"]),
         (
-            {"terms": [{"rule": "cfg", "scale": 2.0, "interval": [0, 0.6]}, {"rule": "apg", "scale": 2.0, "interval": [0.5, 1]}]},
+            {
+                "terms": [
+                    {"rule": "cfg", "scale": 2.0, "interval": [0, 0.6]},
+                    {"rule": "apg", "scale": 2.0, "interval": [0.5, 1]},
+                ]
+            },
             ["terms[0] and terms[1]", "overlap", "disjoint"],
         ),
     ],

@@ -93,8 +93,16 @@ def test_fid_equals_clean_fid_compute_fid_and_a_direct_computation(folders, extr
     fb = fidmod.image_features(sorted(b.glob("*.png")), extractor, resolution=64)
     assert fa.shape == (16, 6) and fb.shape == (18, 6)
     ours = fidmod.fid_from_features(fa, fb)
-    reference = cleanfid.compute_fid(str(a), str(b), mode="clean", custom_feat_extractor=extractor,
-                                     device=torch.device("cpu"), num_workers=0, batch_size=5, verbose=False)
+    reference = cleanfid.compute_fid(
+        str(a),
+        str(b),
+        mode="clean",
+        custom_feat_extractor=extractor,
+        device=torch.device("cpu"),
+        num_workers=0,
+        batch_size=5,
+        verbose=False,
+    )
     assert ours == pytest.approx(reference, rel=1e-6)
     assert ours == pytest.approx(numpy_fid(fa, fb), rel=1e-6)
     assert ours > 1e-3  # the two folders differ in brightness: a distance that could be wrong
@@ -110,8 +118,9 @@ def test_kid_matches_clean_fid_kernel_distance_on_full_sets():
     ours = fidmod.kid_from_features(f1, f2, num_subsets=3, max_subset_size=40, seed=1)
     assert ours == pytest.approx(kernel_distance(f1, f2, num_subsets=3, max_subset_size=40), rel=1e-9)
     assert ours > 0
-    assert fidmod.kid_from_features(f1, f2, num_subsets=5, max_subset_size=10, seed=2) == \
-        fidmod.kid_from_features(f1, f2, num_subsets=5, max_subset_size=10, seed=2)  # seeded
+    assert fidmod.kid_from_features(f1, f2, num_subsets=5, max_subset_size=10, seed=2) == fidmod.kid_from_features(
+        f1, f2, num_subsets=5, max_subset_size=10, seed=2
+    )  # seeded
 
 
 def test_fid_metric_on_a_generation_folder_with_cached_reference(tmp_path, folders, extractor, monkeypatch):
@@ -120,26 +129,41 @@ def test_fid_metric_on_a_generation_folder_with_cached_reference(tmp_path, folde
     # Generated at 96x96: FID resizes them to the reference's 64 with the reference's own resizer.
     gen.generate(ImageRenderer(96), [f"p{i}" for i in range(12)], tmp_path / "run", state=OneProcess(), progress=False)
     samples = Samples.from_dir(tmp_path / "run")
-    metric = fidmod.FID(ref, extractor=extractor, extractor_id="tiny", device="cpu", kid=True, batch_size=4, num_workers=0)
+    metric = fidmod.FID(
+        ref, extractor=extractor, extractor_id="tiny", device="cpu", kid=True, batch_size=4, num_workers=0
+    )
     result = evaluate(samples, [metric])["fid"]
     assert result.n == 12 and result.details["n_reference"] == 14 and result.details["resolution"] == 64
     assert not result.higher_is_better and "clean-fid" in result.details["library"]
 
     from cleanfid import fid as cleanfid
 
-    expected = cleanfid.compute_fid(str(tmp_path / "run" / gen.SAMPLES_DIRNAME), str(ref), mode="clean",
-                                    custom_feat_extractor=extractor, device=torch.device("cpu"), num_workers=0,
-                                    custom_image_tranform=functools.partial(center_crop_resize, size=64), verbose=False)
+    expected = cleanfid.compute_fid(
+        str(tmp_path / "run" / gen.SAMPLES_DIRNAME),
+        str(ref),
+        mode="clean",
+        custom_feat_extractor=extractor,
+        device=torch.device("cpu"),
+        num_workers=0,
+        custom_image_tranform=functools.partial(center_crop_resize, size=64),
+        verbose=False,
+    )
     assert result.value == pytest.approx(expected, rel=1e-6)
     assert result.details["kid"] == pytest.approx(
-        fidmod.kid_from_features(fidmod.image_features(samples.paths, extractor, resolution=64),
-                                 fidmod.load_reference_features(ref, "tiny")[0]), rel=1e-9)
+        fidmod.kid_from_features(
+            fidmod.image_features(samples.paths, extractor, resolution=64),
+            fidmod.load_reference_features(ref, "tiny")[0],
+        ),
+        rel=1e-9,
+    )
 
     cache = fidmod.features_path(ref, "tiny")
     assert cache.is_file()
     seen = []
     real = fidmod.image_features
-    monkeypatch.setattr(fidmod, "image_features", lambda paths, *a, **k: seen.append(len(paths)) or real(paths, *a, **k))
+    monkeypatch.setattr(
+        fidmod, "image_features", lambda paths, *a, **k: seen.append(len(paths)) or real(paths, *a, **k)
+    )
     assert metric(samples).value == pytest.approx(result.value, rel=1e-9)
     assert seen == [12]  # only the generated images: the reference came from the cache
 
@@ -163,4 +187,5 @@ def test_missing_data_and_weights_say_what_to_fetch(tmp_path, extractor):
         fidmod.FID(tmp_path, extractor=extractor)
     with pytest.raises(ValueError, match="FID judges image files"):
         fidmod.FID(tmp_path, extractor=extractor, extractor_id="tiny")(
-            Samples.from_arrays([np.zeros((4, 4, 3), np.uint8)] * 2, ["a", "b"]))
+            Samples.from_arrays([np.zeros((4, 4, 3), np.uint8)] * 2, ["a", "b"])
+        )

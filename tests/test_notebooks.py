@@ -14,38 +14,101 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
 # Tiny parameters per notebook: enough to run every cell, small enough for CI.
 TINY = {
     # the committed testbed model and one trained twin; 3 seed sets of 10 samples, one CFG scale.
-    "00_testbed_t2i": {"per_set": 10, "seed_sets": 3, "cfg_scales": [3.0], "twins": {"twin_shallow": "data/scenes/twin_shallow"},
-                       "batch_size": 16},
+    "00_testbed_t2i": {
+        "per_set": 10,
+        "seed_sets": 3,
+        "cfg_scales": [3.0],
+        "twins": {"twin_shallow": "data/scenes/twin_shallow"},
+        "batch_size": 16,
+    },
     # two blocks, one noise level, 3 seed sets of 3 captions; the committed testbed, twins and judge.
-    "01_layer_analysis": {"denoiser_samples": 4, "t_grid": [0.5], "per_set": 5, "seed_sets": 3, "edits": ["skip", "scale1.5"],
-                          "window_edits": ["skip"], "scan_blocks": ["double:1", "single:4"],
-                          "twins": {"twin_shallow": "data/scenes/twin_shallow"}},
+    "01_layer_analysis": {
+        "denoiser_samples": 4,
+        "t_grid": [0.5],
+        "per_set": 5,
+        "seed_sets": 3,
+        "edits": ["skip", "scale1.5"],
+        "window_edits": ["skip"],
+        "scan_blocks": ["double:1", "single:4"],
+        "twins": {"twin_shallow": "data/scenes/twin_shallow"},
+    },
     # every family with one configuration, 3 seed sets of 10 captions, 3 sampling steps, no timing.
-    "02_guidance_design": {"dev": {"split": "dev", "per_set": 10, "seed_sets": 3, "base_seed": 1000},
-                           "test": {"split": "test", "per_set": 10, "seed_sets": 3, "base_seed": 0},
-                           "budget": {"configs": 1, "keep": 1, "seed": 0}, "weak_candidates": 1, "strong_candidates": 1,
-                           "grid": {k: [v[-1]] for k, v in load_params(REPO / "params.yaml")["guidance_design"]["grid"].items()},
-                           "twins": {"twin_shallow": "data/scenes/twin_shallow"}, "steps": 3, "timing": False},
+    "02_guidance_design": {
+        "dev": {"split": "dev", "per_set": 10, "seed_sets": 3, "base_seed": 1000},
+        "test": {"split": "test", "per_set": 10, "seed_sets": 3, "base_seed": 0},
+        "budget": {"configs": 1, "keep": 1, "seed": 0},
+        "weak_candidates": 1,
+        "strong_candidates": 1,
+        "grid": {k: [v[-1]] for k, v in load_params(REPO / "params.yaml")["guidance_design"]["grid"].items()},
+        "twins": {"twin_shallow": "data/scenes/twin_shallow"},
+        "steps": 3,
+        "timing": False,
+    },
+    # the committed T2V testbed: 3 seed sets of 10 clips, one CFG scale, its two Wan baselines and the twin.
+    "00_testbed_t2v": {
+        "profile": "clips",
+        "per_set": 10,
+        "seed_sets": 3,
+        "cfg_scales": [3.0],
+        "batch_size": 30,
+        "threads": 1,
+    },
     "03_evaluate_t2i": {"profile": "toy", "samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},
     # tiny-wan: random weights; 2 prompts x 2 seeds, VBench's weight-free dimension only, on the CPU.
-    "04_evaluate_t2v": {"profile": "tiny-wan", "dimensions": ["temporal_flickering"], "limit": 2, "samples_per_prompt": 2,
-                        "vbench_device": "cpu"},
+    "04_evaluate_t2v": {
+        "profile": "tiny-wan",
+        "dimensions": ["temporal_flickering"],
+        "limit": 2,
+        "samples_per_prompt": 2,
+        "vbench_device": "cpu",
+    },
 }
+
+# The DVC stage (params.yaml section) of each notebook, where it is not the name after the number.
+STAGES = {"00_testbed_t2v": "evaluate_t2v_toy"}
 
 # Files each notebook must write under its output root (relative, {profile} filled in).
 EXPECTED = {
-    "01_layer_analysis": ["data/analysis/{profile}/layer_scores.json", "figures/layer_map_{profile}_edits.pdf",
-                          "figures/layer_map_{profile}_windows.pdf", "figures/layer_map_{profile}_alignment.pdf"],
-    "00_testbed_t2i": ["metrics/testbed_{profile}.json", "figures/testbed_{profile}_ucurve.pdf",
-                       "figures/testbed_{profile}_samples.pdf", "paper/tables/testbed_{profile}.tex"],
-    "02_guidance_design": ["data/guidance/{profile}/selected.json", "data/guidance/{profile}/search.json",
-                           "metrics/guidance_{profile}.json", "figures/guidance_{profile}_pareto.pdf",
-                           "figures/guidance_{profile}_compute.pdf", "figures/guidance_{profile}_samples.pdf",
-                           "paper/tables/guidance_{profile}.tex"],
-    "03_evaluate_t2i": ["metrics/t2i_{profile}.json", "figures/t2i_{profile}_samples.pdf",
-                        "figures/t2i_{profile}_tradeoff.pdf", "paper/tables/t2i_{profile}.tex"],
-    "04_evaluate_t2v": ["metrics/t2v_{profile}.json", "figures/t2v_{profile}_frames.pdf", "figures/t2v_{profile}_dimensions.pdf",
-                        "paper/tables/t2v_{profile}.tex", "paper/tables/t2v_{profile}_dimensions.tex"],
+    "01_layer_analysis": [
+        "data/analysis/{profile}/layer_scores.json",
+        "figures/layer_map_{profile}_edits.pdf",
+        "figures/layer_map_{profile}_windows.pdf",
+        "figures/layer_map_{profile}_alignment.pdf",
+    ],
+    "00_testbed_t2i": [
+        "metrics/testbed_{profile}.json",
+        "figures/testbed_{profile}_ucurve.pdf",
+        "figures/testbed_{profile}_samples.pdf",
+        "paper/tables/testbed_{profile}.tex",
+    ],
+    "02_guidance_design": [
+        "data/guidance/{profile}/selected.json",
+        "data/guidance/{profile}/search.json",
+        "metrics/guidance_{profile}.json",
+        "figures/guidance_{profile}_pareto.pdf",
+        "figures/guidance_{profile}_compute.pdf",
+        "figures/guidance_{profile}_samples.pdf",
+        "paper/tables/guidance_{profile}.tex",
+    ],
+    "00_testbed_t2v": [
+        "metrics/t2v_toy.json",
+        "figures/t2v_toy_ucurve.pdf",
+        "figures/t2v_toy_samples.pdf",
+        "paper/tables/t2v_toy.tex",
+    ],
+    "03_evaluate_t2i": [
+        "metrics/t2i_{profile}.json",
+        "figures/t2i_{profile}_samples.pdf",
+        "figures/t2i_{profile}_tradeoff.pdf",
+        "paper/tables/t2i_{profile}.tex",
+    ],
+    "04_evaluate_t2v": [
+        "metrics/t2v_{profile}.json",
+        "figures/t2v_{profile}_frames.pdf",
+        "figures/t2v_{profile}_dimensions.pdf",
+        "paper/tables/t2v_{profile}.tex",
+        "paper/tables/t2v_{profile}_dimensions.tex",
+    ],
 }
 
 
@@ -56,8 +119,9 @@ def test_every_notebook_has_tiny_parameters():
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_with_tiny_parameters(source, tmp_path):
-    stage = source.stem.split("_", 1)[1]
-    params = stage_parameters(stage, load_params(REPO / "params.yaml"))
+    stage = STAGES.get(source.stem, source.stem.split("_", 1)[1])
+    profile = {k: v for k, v in TINY[source.stem].items() if k == "profile"}  # validated with the stage, as -p does
+    params = stage_parameters(stage, load_params(REPO / "params.yaml"), profile)
     params.update(TINY[source.stem], output_root=str(tmp_path), runs_dir=str(tmp_path / "runs"))
     out = run_notebook(source, tmp_path / "executed.ipynb", params, cwd=REPO)
     assert out.is_file()
@@ -79,7 +143,9 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
         metrics = json.loads((tmp_path / f"metrics/guidance_{params['profile']}.json").read_text())
         methods = metrics["test"]["methods"]
         assert metrics["selected"] in methods and methods[metrics["selected"]]["family"] in ("ours", "ours_full")
-        assert {"none", "cfg@1.5"} <= set(methods) and {"ablation", "cfg_more_steps", "ag_twin"} <= {m["family"] for m in methods.values()}
+        assert {"none", "cfg@1.5"} <= set(methods) and {"ablation", "cfg_more_steps", "ag_twin"} <= {
+            m["family"] for m in methods.values()
+        }
         for m in methods.values():
             assert len(m["per_set"]) == 3 and m["fd"] > 0 and 0 <= m["all"] <= 1 and m["nfe_per_step"] > 0
         for ref in ("cfg_default", "cfg_best"):
@@ -101,19 +167,34 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
 def test_bad_profile_fails_before_work(tmp_path):
     params = load_params(REPO / "params.yaml")
     params["profile"] = "flux-devv"
-    with pytest.raises(ValueError, match=r"profile='flux-devv' is not allowed; allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
+    with pytest.raises(
+        ValueError,
+        match=r"profile='flux-devv' is not allowed; allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b",
+    ):
         stage_parameters("evaluate_t2i", params)
 
 
 def test_layer_analysis_notebook_runs_on_the_video_testbed(tmp_path):
     """Notebook 01 unchanged on the T2V testbed: its bed (sampled D*, exact clip judges) and its twin."""
     params = stage_parameters("layer_analysis", load_params(REPO / "params.yaml"), {"profile": "clips"})
-    params.update(denoiser_samples=2, t_grid=[0.5], per_set=3, seed_sets=3, edits=["skip"], window_edits=["skip"],
-                  scan_blocks=["blocks:0", "blocks:7"], output_root=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    params.update(
+        denoiser_samples=2,
+        t_grid=[0.5],
+        per_set=3,
+        seed_sets=3,
+        edits=["skip"],
+        window_edits=["skip"],
+        scan_blocks=["blocks:0", "blocks:7"],
+        output_root=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+    )
     run_notebook(REPO / "notebooks/01_layer_analysis.py", tmp_path / "executed.ipynb", params, cwd=REPO)
     scores = json.loads((tmp_path / "data/analysis/clips/layer_scores.json").read_text())
     assert scores["blocks"] == ["blocks:0", "blocks:7"]
-    assert {r["edit"] for r in scores["denoiser"]["alignment"]} >= {"skip", "twin:twin_early"}  # the twin next to the model
+    assert {r["edit"] for r in scores["denoiser"]["alignment"]} >= {
+        "skip",
+        "twin:twin_early",
+    }  # the twin next to the model
     assert len(scores["denoiser"]["ideal_agreement"]) == 1
     assert len(scores["generation"]["records"]) == 2 + 2 * 3 and "d_semantic" in scores["generation"]["records"][0]
     for name in ("edits", "windows", "alignment"):

@@ -101,14 +101,20 @@ def test_slg_spec_reproduces_sd3_skip_layer_guidance(pipes):
     pipe = pipes["sd3"]
     steps = 10
     native = pipe(
-        **call_args("sd3", steps), guidance_scale=3.0, skip_guidance_layers=[1], skip_layer_guidance_scale=2.8,
-        skip_layer_guidance_start=0.01, skip_layer_guidance_stop=0.5,
+        **call_args("sd3", steps),
+        guidance_scale=3.0,
+        skip_guidance_layers=[1],
+        skip_layer_guidance_scale=2.8,
+        skip_layer_guidance_start=0.01,
+        skip_layer_guidance_stop=0.5,
     ).images
     cfg_only = pipe(**call_args("sd3", steps), guidance_scale=3.0).images
     assert (native - cfg_only).abs().max() > 1e-3  # SLG changes the result
     spec = preset("slg", blocks=[1], cfg_scale=3.0, scale=2.8, interval=[0.01, 0.5])
     # The pipeline's own calls: [uncond, cond] batched, then the layer-skipped pass alone.
-    out, cost = run_guided(pipe, spec, mode=[["uncond", "cond"], ["skip"]], share_prefix=False, **call_args("sd3", steps))
+    out, cost = run_guided(
+        pipe, spec, mode=[["uncond", "cond"], ["skip"]], share_prefix=False, **call_args("sd3", steps)
+    )
     assert torch.equal(out.images, native)
     # SD3's window is start*N < i < stop*N: steps 1-4 run the third pass (3 blocks, block 1 skipped).
     assert cost.block_evals_per_step == [6, 8, 8, 8, 8, 6, 6, 6, 6, 6]
@@ -124,9 +130,13 @@ def test_slg_window_matches_sd3_at_integer_edges(pipes, steps):
     """SD3's skip-layer pass runs when N*start < i < N*stop, strictly: at N = 100, 0.01 * N = 1 is an
     integer, and step 1 has no third pass."""
     pipe = pipes["sd3"]
-    native = pipe(**call_args("sd3", steps), guidance_scale=3.0, skip_guidance_layers=[1], skip_layer_guidance_scale=2.8).images
+    native = pipe(
+        **call_args("sd3", steps), guidance_scale=3.0, skip_guidance_layers=[1], skip_layer_guidance_scale=2.8
+    ).images
     spec = preset("slg", blocks=[1], cfg_scale=3.0, scale=2.8)  # SD3's default window, 0.01 to 0.2
-    out, cost = run_guided(pipe, spec, mode=[["uncond", "cond"], ["skip"]], share_prefix=False, **call_args("sd3", steps))
+    out, cost = run_guided(
+        pipe, spec, mode=[["uncond", "cond"], ["skip"]], share_prefix=False, **call_args("sd3", steps)
+    )
     assert torch.equal(out.images, native)
     third_pass = [s.step for s in cost.steps if "skip" in s.branches]
     assert third_pass == [i for i in range(steps) if steps * 0.01 < i < steps * 0.2]
@@ -147,10 +157,20 @@ def sd3_pag_pair(pipes):
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     torch.nn.Module.to(transformer, torch.float64)
     base = pipes["sd3"]
-    parts = dict(transformer=transformer, vae=base.vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                 tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    parts = dict(
+        transformer=transformer,
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
     plain = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **parts)
-    pag = StableDiffusion3PAGPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pag_applied_layers=["blocks.1"], **parts)
+    pag = StableDiffusion3PAGPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pag_applied_layers=["blocks.1"], **parts
+    )
     for pipe in (plain, pag):
         pipe.set_progress_bar_config(disable=True)
     return plain, pag
@@ -182,7 +202,11 @@ def test_intervals_switch_terms_on_and_off_at_the_right_steps(pipes):
     """Wan (UniPC multistep): CFG on the first half of the steps, autoguidance on a sigma window."""
     pipe = pipes["wan"]
     steps = 8
-    spec = preset("autoguidance", weak={"edits": [{"op": "skip", "blocks": ["blocks:0"]}]}, interval={"start": 0.3, "end": 0.7, "unit": "sigma"})
+    spec = preset(
+        "autoguidance",
+        weak={"edits": [{"op": "skip", "blocks": ["blocks:0"]}]},
+        interval={"start": 0.3, "end": 0.7, "unit": "sigma"},
+    )
     spec["terms"].append({"rule": "cfg", "scale": 2.0, "interval": [0.0, 0.5]})
     out, cost = run_guided(pipe, spec, **call_args("wan", steps))
     sigmas = [float(s) for s in pipe.scheduler.sigmas[:steps]]
@@ -258,7 +282,9 @@ def test_spec_needing_negatives_without_them_fails_before_sampling(pipes):
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(GuidanceError, match="no text encoder.*negative_prompt_embeds and negative_pooled_prompt_embeds"):
+        with pytest.raises(
+            GuidanceError, match="no text encoder.*negative_prompt_embeds and negative_pooled_prompt_embeds"
+        ):
             run_guided(pipe, preset("cfg"), **positive_only(call_args("flux")))
     finally:
         handle.remove()
@@ -300,8 +326,13 @@ def test_wan22_two_stage_pipeline_is_refused_before_sampling(pipes):
 
     tiny = pipes["wan"]
     pipe = WanPipeline(
-        tokenizer=None, text_encoder=None, vae=tiny.vae, scheduler=tiny.scheduler, transformer=tiny.transformer,
-        transformer_2=tiny_transformer("wan", seed=1), boundary_ratio=0.5,
+        tokenizer=None,
+        text_encoder=None,
+        vae=tiny.vae,
+        scheduler=tiny.scheduler,
+        transformer=tiny.transformer,
+        transformer_2=tiny_transformer("wan", seed=1),
+        boundary_ratio=0.5,
     )
     pipe.set_progress_bar_config(disable=True)
     calls = []

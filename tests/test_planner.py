@@ -13,7 +13,11 @@ BLOCKS = 6
 
 def branch(key, prompt, first_edit, skips=()):
     """A branch whose edits start at `first_edit`; blocks in `skips` are skipped, others edited once."""
-    plans = {i: SimpleNamespace(skips_block=i in skips, times=1) for i in range(first_edit, BLOCKS) if i == first_edit or i in skips}
+    plans = {
+        i: SimpleNamespace(skips_block=i in skips, times=1)
+        for i in range(first_edit, BLOCKS)
+        if i == first_edit or i in skips
+    }
     return CompiledBranch(key, prompt, bool(plans), first_edit, key, plans)
 
 
@@ -28,7 +32,12 @@ ALIAS = {k: k for k in BRANCHES}
 
 def test_sequential_order_puts_donors_first_within_a_prompt():
     groups = forward_groups(["weak", "uncond", "strong", "cond"], BRANCHES, "sequential", ALIAS)
-    assert groups == [["cond"], ["strong"], ["weak"], ["uncond"]]  # pos first (order of first appearance), latest edit first
+    assert groups == [
+        ["cond"],
+        ["strong"],
+        ["weak"],
+        ["uncond"],
+    ]  # pos first (order of first appearance), latest edit first
 
 
 def test_replay_takes_the_deepest_donor_on_the_same_prompt_only():

@@ -19,7 +19,9 @@ def test_readme_preset_tables_equal_the_generated_text():
 
 
 def test_families_have_the_real_block_counts():
-    counts = {k: len(family_model(k).transformer_blocks if k != "wan" else family_model(k).blocks) for k in FAMILY_MODELS}
+    counts = {
+        k: len(family_model(k).transformer_blocks if k != "wan" else family_model(k).blocks) for k in FAMILY_MODELS
+    }
     assert counts == {"flux": 19, "cogview4": 28, "wan": 30, "sd3": 24, "scenes": 2, "toy": 2}
     assert len(family_model("flux").single_transformer_blocks) == 38
     assert len(family_model("scenes").single_transformer_blocks) == 10

@@ -40,7 +40,9 @@ def test_out_of_range_parameters_name_the_parameter(params, key, value, message)
 
 
 def test_unknown_profile_and_missing_checkpoint(params, tmp_path):
-    with pytest.raises(ConfigError, match="allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"):
+    with pytest.raises(
+        ConfigError, match="allowed: clips, cogview4, flux-dev, scenes, tiny-flux, tiny-wan, toy, wan2.1-t2v-1.3b"
+    ):
         load_profile("sdxl", params)
     bad = copy.deepcopy(params)
     bad["profiles"]["toy"]["model"] = str(tmp_path / "nowhere")
@@ -51,14 +53,32 @@ def test_unknown_profile_and_missing_checkpoint(params, tmp_path):
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda p: p["profiles"]["toy"].update(stepz=5), r"profiles.toy: unknown key\(s\) \['stepz'\]; allowed: .*guidance"),
+        (
+            lambda p: p["profiles"]["toy"].update(stepz=5),
+            r"profiles.toy: unknown key\(s\) \['stepz'\]; allowed: .*guidance",
+        ),
         (lambda p: p["profiles"].update(toy=5), r"profiles.toy: expected a mapping of settings"),
-        (lambda p: p["profiles"]["toy"]["guidance"].update(cfg={"preset": "apg"}), r"profiles.toy.guidance.cfg: the name is reserved"),
-        (lambda p: p["profiles"]["toy"]["guidance"].update(none={"preset": "apg"}), r"guidance.none: the name is reserved"),
-        (lambda p: p["profiles"]["toy"]["guidance"].update(baseline={"preset": "apg"}), r"guidance.baseline: the name is reserved"),
+        (
+            lambda p: p["profiles"]["toy"]["guidance"].update(cfg={"preset": "apg"}),
+            r"profiles.toy.guidance.cfg: the name is reserved",
+        ),
+        (
+            lambda p: p["profiles"]["toy"]["guidance"].update(none={"preset": "apg"}),
+            r"guidance.none: the name is reserved",
+        ),
+        (
+            lambda p: p["profiles"]["toy"]["guidance"].update(baseline={"preset": "apg"}),
+            r"guidance.baseline: the name is reserved",
+        ),
         (lambda p: p["profiles"]["toy"]["guidance"].update(ag=None), r"profiles.toy.guidance.ag: expected a mapping"),
-        (lambda p: p["profiles"]["toy"].update(guidance=["apg"]), r"profiles.toy.guidance: expected a mapping \{name: spec\}"),
-        (lambda p: p["profiles"]["toy"]["guidance"].update({"a/b": {"preset": "apg"}}), r"spec name 'a/b' is not allowed"),
+        (
+            lambda p: p["profiles"]["toy"].update(guidance=["apg"]),
+            r"profiles.toy.guidance: expected a mapping \{name: spec\}",
+        ),
+        (
+            lambda p: p["profiles"]["toy"]["guidance"].update({"a/b": {"preset": "apg"}}),
+            r"spec name 'a/b' is not allowed",
+        ),
     ],
 )
 def test_profile_schema_is_strict(params, edit, message):
@@ -117,6 +137,8 @@ def test_figures_are_byte_deterministic(tmp_path):
 def test_latex_table_bolds_best_and_escapes():
     from ditguide.style import latex_table
 
-    tex = latex_table([("cfg_1", 2.0, 0.5), ("none", 1.0, 0.7)], ["method", "FD", "acc"], "c", "tab:x", bold_best={1: "min", 2: "max"})
+    tex = latex_table(
+        [("cfg_1", 2.0, 0.5), ("none", 1.0, 0.7)], ["method", "FD", "acc"], "c", "tab:x", bold_best={1: "min", 2: "max"}
+    )
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert r"cfg\_1" in tex and r"\textbf{1.000}" in tex and r"\textbf{0.700}" in tex

@@ -15,6 +15,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 # --- generator ---------------------------------------------------------------------------------
 
+
 def test_render_puts_each_glyph_in_its_captioned_slot_with_its_colour():
     glyphs, labels = scenes.glyph_pool("train")
     scene = scenes.parse_caption("red three right of blue seven")
@@ -34,7 +35,9 @@ def test_vertical_and_single_layouts():
     glyphs, labels = scenes.glyph_pool("train")
     rng = np.random.default_rng(1)
     above = scenes.render([scenes.parse_caption("green five above yellow two")], glyphs, labels, rng)[0]
-    assert above[:, :4].max() == 0 and above[:, 12:].max() == 0 and above[:8, 4:12].max() > 0 and above[8:, 4:12].max() > 0
+    assert (
+        above[:, :4].max() == 0 and above[:, 12:].max() == 0 and above[:8, 4:12].max() > 0 and above[8:, 4:12].max() > 0
+    )
     single = scenes.render([scenes.parse_caption("purple eight")], glyphs, labels, rng)[0]
     assert single[:4].max() == 0 and single[:, :4].max() == 0 and single[4:12, 4:12].max() > 0
 
@@ -61,13 +64,16 @@ def test_captions_round_trip_and_pools_are_disjoint():
     assert sum(g.tobytes() in rows for g in b) < 5  # the raw data has a few exact duplicates
 
 
-@pytest.mark.parametrize("caption, match", [
-    ("red three left of blue seven7", r"outside the vocabulary: \['seven7'\]"),
-    ("red three near blue seven", r"outside the vocabulary: \['near'\]"),
-    ("red three left blue seven", r"relations: left of, right of, above, below"),
-    ("red three left of red seven", "different colours"),
-    ("three red", "an object is '<colour> <digit>'"),
-])
+@pytest.mark.parametrize(
+    "caption, match",
+    [
+        ("red three left of blue seven7", r"outside the vocabulary: \['seven7'\]"),
+        ("red three near blue seven", r"outside the vocabulary: \['near'\]"),
+        ("red three left blue seven", r"relations: left of, right of, above, below"),
+        ("red three left of red seven", "different colours"),
+        ("three red", "an object is '<colour> <digit>'"),
+    ],
+)
 def test_bad_captions_get_one_clear_error(caption, match):
     with pytest.raises(scenes.SceneError, match=match):
         scenes.parse_caption(caption)
@@ -82,11 +88,14 @@ def test_out_of_range_palette_index_and_relation_are_refused():
 
 def test_vocabulary_covers_every_caption_word():
     vocab = scenes.vocabulary()
-    assert set(DIGIT_WORDS) <= set(vocab) and set(scenes.COLOURS) <= set(vocab) and {"left", "of", "above"} <= set(vocab)
+    assert (
+        set(DIGIT_WORDS) <= set(vocab) and set(scenes.COLOURS) <= set(vocab) and {"left", "of", "above"} <= set(vocab)
+    )
     assert len(vocab) == len(set(vocab))
 
 
 # --- judge and metrics ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def judge():
@@ -107,7 +116,9 @@ def test_scene_metrics_on_real_renders_and_on_noise(judge):
     parsed = [scenes.parse_caption(c) for c in captions]
     rng = np.random.default_rng(0)
     reference = sm.read(judge, scenes.render(parsed * 2, *scenes.glyph_pool("heldout"), rng))["features"]
-    real = sm.scene_metrics(sm.read(judge, scenes.render(parsed, *scenes.glyph_pool("train"), rng)), captions, reference)
+    real = sm.scene_metrics(
+        sm.read(judge, scenes.render(parsed, *scenes.glyph_pool("train"), rng)), captions, reference
+    )
     assert real["all"] > 0.88 and real["relation"] == 1.0 and real["colour"] > 0.99
     assert real["precision"] > 0.6 and real["recall"] > 0.6
     noise = rng.uniform(size=(300, 16, 16, 3)).astype(np.float32)
@@ -118,7 +129,9 @@ def test_scene_metrics_on_real_renders_and_on_noise(judge):
 def test_swapped_objects_fail_the_binding_check(judge):
     glyphs, labels = scenes.glyph_pool("train")
     caption = "red three left of blue seven"
-    swapped = scenes.render([scenes.parse_caption("blue seven left of red three")], glyphs, labels, np.random.default_rng(0))
+    swapped = scenes.render(
+        [scenes.parse_caption("blue seven left of red three")], glyphs, labels, np.random.default_rng(0)
+    )
     right = scenes.render([scenes.parse_caption(caption)], glyphs, labels, np.random.default_rng(0))
     assert sm.alignment(sm.read(judge, right), [caption])["all"][0]
     a = sm.alignment(sm.read(judge, swapped), [caption])
@@ -146,20 +159,35 @@ def test_metric_input_shape_is_checked(judge):
 
 # --- trained-twin autoguidance ------------------------------------------------------------------
 
+
 def test_twin_guidance_reduces_to_each_model_and_is_linear():
     from diffusers import FluxTransformer2DModel
 
     def model(seed, singles):
         torch.manual_seed(seed)
-        return FluxTransformer2DModel(patch_size=1, in_channels=12, num_layers=1, num_single_layers=singles, attention_head_dim=16,
-                                      num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8,
-                                      axes_dims_rope=(4, 6, 6)).eval()
+        return FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=12,
+            num_layers=1,
+            num_single_layers=singles,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=8,
+            pooled_projection_dim=8,
+            axes_dims_rope=(4, 6, 6),
+        ).eval()
 
     main, twin = model(0, 3), model(1, 1)
     g = torch.Generator().manual_seed(0)
-    kw = dict(hidden_states=torch.randn(2, 16, 12, generator=g), encoder_hidden_states=torch.randn(2, 3, 8, generator=g),
-              pooled_projections=torch.randn(2, 8, generator=g), timestep=torch.tensor([0.3, 0.7]),
-              txt_ids=torch.zeros(3, 3), img_ids=torch.zeros(16, 3), return_dict=False)
+    kw = dict(
+        hidden_states=torch.randn(2, 16, 12, generator=g),
+        encoder_hidden_states=torch.randn(2, 3, 8, generator=g),
+        pooled_projections=torch.randn(2, 8, generator=g),
+        timestep=torch.tensor([0.3, 0.7]),
+        txt_ids=torch.zeros(3, 3),
+        img_ids=torch.zeros(16, 3),
+        return_dict=False,
+    )
     with torch.no_grad():
         d_main, d_twin = main(**kw)[0], twin(**kw)[0]
         assert torch.equal(TwinGuidedTransformer(main, twin, 1.0)(**kw)[0], d_twin + 1.0 * (d_main - d_twin))
@@ -202,6 +230,7 @@ def test_ideal_denoiser_equals_brute_force_posterior_over_every_render():
 
 # --- layer-analysis engine ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def random_scenes_pipe():
     from ditguide.testbeds.train import ScenesTrainConfig, _pipeline, build_prompt_encoder, build_transformer
@@ -238,7 +267,9 @@ def test_residual_probe_and_error_alignment_sign(random_scenes_pipe):
     from ditguide import analysis
 
     caps = [s.caption() for s in scenes.caption_set("dev", 4)]
-    out = analysis.denoiser_scan(random_scenes_pipe, caps, edits=["skip"], t_grid=[0.5], blocks=["single:0"], progress=False)
+    out = analysis.denoiser_scan(
+        random_scenes_pipe, caps, edits=["skip"], t_grid=[0.5], blocks=["single:0"], progress=False
+    )
     blocks = analysis.block_addresses(random_scenes_pipe.transformer)
     assert [r["block"] for r in out["residuals"]] == blocks and all(r["rel_update"] > 0 for r in out["residuals"])
     # Per-sample cosine: an edit that moves D along the model's own error scores +1, against it -1.
@@ -247,7 +278,9 @@ def test_residual_probe_and_error_alignment_sign(random_scenes_pipe):
     assert np.allclose(analysis._per_sample_cos(0.3 * (d - ideal), d - ideal), 1.0)
     assert np.allclose(analysis._per_sample_cos(-2.0 * (d - ideal), d - ideal), -1.0)
     with pytest.raises(ValueError, match="not blocks of this model; valid: double:0"):
-        analysis.denoiser_scan(random_scenes_pipe, caps, edits=["skip"], t_grid=[0.5], blocks=["single:10"], progress=False)
+        analysis.denoiser_scan(
+            random_scenes_pipe, caps, edits=["skip"], t_grid=[0.5], blocks=["single:10"], progress=False
+        )
     with pytest.raises(ValueError, match="edit 'skipp' is not known; allowed: skip"):
         analysis.denoiser_scan(random_scenes_pipe, caps, edits=["skipp"], t_grid=[0.5], progress=False)
 
@@ -258,8 +291,12 @@ def test_regime_checks_read_the_u_shape_from_the_numbers():
     def m(fd, all_):
         return {"fd": fd, "all": all_}
 
-    methods = {"none": m(2.0, 0.3), "cfg@1.5": {**m(1.5, 0.5), "cfg_scale": 1.5}, "cfg@3": {**m(1.7, 0.6), "cfg_scale": 3.0},
-               "cfg@5": {**m(2.5, 0.65), "cfg_scale": 5.0}}
+    methods = {
+        "none": m(2.0, 0.3),
+        "cfg@1.5": {**m(1.5, 0.5), "cfg_scale": 1.5},
+        "cfg@3": {**m(1.7, 0.6), "cfg_scale": 3.0},
+        "cfg@5": {**m(2.5, 0.65), "cfg_scale": 5.0},
+    }
     r = regime_checks({"methods": methods, "floor": {"fd": 0.5}})
     assert r["best_cfg_scale"] == 1.5 and r["best_fd_gain_over_unguided"] == pytest.approx(0.25)
     assert r["u_shape (best FD >= 10% below unguided, largest scale worse than best)"]
@@ -273,18 +310,27 @@ def test_regime_checks_read_the_u_shape_from_the_numbers():
 
 def test_per_object_accuracy_counts_each_object():
     # two objects, one digit right: 0.5 per object (a bool sum would give 0.5 for both right too)
-    read = {"layout": np.array([0, 0, 2]), "digit0": np.array([3, 3, 4]), "digit1": np.array([7, 1, 0]),
-            "colour0": np.array([0, 0, 1]), "colour1": np.array([5, 5, 0]), "features": np.zeros((3, 2))}
+    read = {
+        "layout": np.array([0, 0, 2]),
+        "digit0": np.array([3, 3, 4]),
+        "digit1": np.array([7, 1, 0]),
+        "colour0": np.array([0, 0, 1]),
+        "colour1": np.array([5, 5, 0]),
+        "features": np.zeros((3, 2)),
+    }
     a = sm.alignment(read, ["red three left of purple seven"] * 2 + ["orange four"])
     assert a["digit"].tolist() == [1.0, 0.5, 1.0] and a["colour"].tolist() == [1.0, 1.0, 1.0]
     assert a["all"].tolist() == [True, False, True] and a["relation"].tolist() == [True, True, True]
 
 
-@pytest.mark.parametrize("edit, match", [
-    ("train_scenes:\n  lr: 1e-4\n", r"train_scenes.lr='1e-4' is out of range"),  # YAML reads 1e-4 as a string
-    ("train_scenes:\n  stepz: 5\n", r"unknown parameter\(s\) \['stepz'\]"),
-    ("train_scenes_judge:\n  epochs: 0\n", r"train_scenes_judge.epochs=0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ("train_scenes:\n  lr: 1e-4\n", r"train_scenes.lr='1e-4' is out of range"),  # YAML reads 1e-4 as a string
+        ("train_scenes:\n  stepz: 5\n", r"unknown parameter\(s\) \['stepz'\]"),
+        ("train_scenes_judge:\n  epochs: 0\n", r"train_scenes_judge.epochs=0 is out of range"),
+    ],
+)
 def test_testbed_cli_refuses_bad_parameters_in_one_line_before_any_work(tmp_path, capsys, edit, match):
     import re
 

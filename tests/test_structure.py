@@ -92,7 +92,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -130,8 +130,13 @@ def test_no_module_imports_a_private_name_of_another():
             if name is None:
                 bound_modules.add(bound)  # a module object: `vb._check_known(...)` is a private import too
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound_modules
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in bound_modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 found.add((module, node.value.id, node.attr))
     unexpected = sorted(found - KNOWN_PRIVATE_IMPORTS)
     assert not unexpected, "private names imported across modules: " + "; ".join(map(str, unexpected))
@@ -149,8 +154,10 @@ def test_public_api_names_resolve():
 
 
 def test_import_ditguide_is_light_and_prints_its_api():
-    code = ("import sys, ditguide; print(ditguide.__all__); "
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys, ditguide; print(ditguide.__all__); "
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert "GuidedDenoiser" in run.stdout
@@ -161,4 +168,15 @@ def test_ruff_check_is_clean():
     ruff = Path(sys.executable).parent / "ruff"
     assert ruff.is_file(), f"{ruff} is missing: `bash scripts/setup.sh` installs it (requirements-lock.txt)"
     run = subprocess.run([str(ruff), "check", "src", "tests"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_ruff_format_is_clean():
+    """`ruff format --check`: the code, tests, notebooks, benchmarks and scripts are formatted."""
+    ruff = Path(sys.executable).parent / "ruff"
+    assert ruff.is_file(), f"{ruff} is missing: `bash scripts/setup.sh` installs it (requirements-lock.txt)"
+    paths = ["src", "tests", "notebooks", "benchmarks", "scripts"]
+    run = subprocess.run(
+        [str(ruff), "format", "--check", *paths], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

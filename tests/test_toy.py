@@ -1,6 +1,5 @@
 """The embedded default: data, prompt encoder, pipeline, seeds, training, judge."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -52,11 +51,15 @@ def test_prompt_encoder_deterministic_and_empty_prompt_is_zero_pooled():
 def test_sample_is_identical_alone_or_in_a_batch(random_toy_pipeline):
     pipe = random_toy_pipeline
     prompts = [prompt_for(i) for i in range(5)]
-    batch = pipe(prompt=prompts, indices=[10, 11, 12, 13, 14], guidance_scale=2.0, num_inference_steps=4, output_type="pt").images
+    batch = pipe(
+        prompt=prompts, indices=[10, 11, 12, 13, 14], guidance_scale=2.0, num_inference_steps=4, output_type="pt"
+    ).images
     alone = pipe(prompt=prompts[3], indices=[13], guidance_scale=2.0, num_inference_steps=4, output_type="pt").images
     # Same noise (index 13) and same math; rows of a batched matmul may round differently, so 1e-6.
     torch.testing.assert_close(alone[0], batch[3], rtol=0, atol=1e-6)
-    other_seed = pipe(prompt=prompts[3], indices=[99], guidance_scale=2.0, num_inference_steps=4, output_type="pt").images
+    other_seed = pipe(
+        prompt=prompts[3], indices=[99], guidance_scale=2.0, num_inference_steps=4, output_type="pt"
+    ).images
     assert (other_seed[0] - batch[3]).abs().max() > 1e-3
 
 
@@ -77,8 +80,15 @@ def test_embeds_path_equals_prompt_path_and_saved_pipeline_reloads(random_toy_pi
     ref = pipe(prompt=["one", "two"], guidance_scale=3.0, num_inference_steps=3, output_type="pt").images
     emb, pooled = pipe.encode_prompt(["one", "two"])
     nemb, npooled = pipe.encode_prompt(["", ""])
-    via_embeds = pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=nemb,
-                      negative_pooled_prompt_embeds=npooled, guidance_scale=3.0, num_inference_steps=3, output_type="pt").images
+    via_embeds = pipe(
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=nemb,
+        negative_pooled_prompt_embeds=npooled,
+        guidance_scale=3.0,
+        num_inference_steps=3,
+        output_type="pt",
+    ).images
     assert torch.equal(ref, via_embeds)
     pipe.save_pretrained(tmp_path / "p", safe_serialization=True)
     assert (tmp_path / "p" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
@@ -148,7 +158,9 @@ def test_prompt_encoder_refuses_words_outside_its_vocabulary():
         enc.tokenize(["a handwritten digit seven7"])
 
 
-@pytest.mark.parametrize("kwargs,message", [({"epochs": 0}, "epochs=0"), ({"seed": -1}, "seed=-1"), ({"epochs": 2.5}, "epochs=2.5")])
+@pytest.mark.parametrize(
+    "kwargs,message", [({"epochs": 0}, "epochs=0"), ({"seed": -1}, "seed=-1"), ({"epochs": 2.5}, "epochs=2.5")]
+)
 def test_judge_parameters_are_checked_before_training(kwargs, message):
     images = np.zeros((2, 8, 8), dtype=np.float32)
     with pytest.raises(ValueError, match=rf"train_judge {message} is not allowed"):

@@ -22,8 +22,10 @@ def vbench_env() -> tuple[Path, Path]:
     """(python, VBench's own VBench_full_info.json) of the VBench environment, or fail."""
     python = vb.default_vbench_python()
     if not python.is_file():
-        pytest.fail(f"VBench environment missing (no {python}): run `bash scripts/setup_vbench_env.sh` first "
-                    "(or set DITGUIDE_VBENCH_PYTHON)")
+        pytest.fail(
+            f"VBench environment missing (no {python}): run `bash scripts/setup_vbench_env.sh` first "
+            "(or set DITGUIDE_VBENCH_PYTHON)"
+        )
     try:
         return python, vb.standard_prompt_suite(python)
     except vb.VBenchEnvironmentError as e:
@@ -87,12 +89,21 @@ def test_vbench_environment_is_set_up():
 def test_temporal_flickering_through_vbench_api(toy_videos, tmp_path):
     python, full_info, prompts, videos = toy_videos
     results = tmp_path / "results"
-    raw = vb.run_vbench(videos, results, dimensions=["temporal_flickering"], python=python, device="cpu",
-                        full_info=full_info, timeout=300)
+    raw = vb.run_vbench(
+        videos,
+        results,
+        dimensions=["temporal_flickering"],
+        python=python,
+        device="cpu",
+        full_info=full_info,
+        timeout=300,
+    )
     record = json.loads((results / "temporal_flickering.json").read_text())
     assert record["n_videos"] == 10 and record["mode"] == "vbench_standard"
     # VBench found every file by its VBench name: {prompt}-{i}.mp4
-    assert sorted(Path(v["video_path"]).name for v in record["video_results"]) == sorted(f"{p}-{i}.mp4" for p in prompts for i in range(5))
+    assert sorted(Path(v["video_path"]).name for v in record["video_results"]) == sorted(
+        f"{p}-{i}.mp4" for p in prompts for i in range(5)
+    )
 
     per_video = {Path(v["video_path"]).name: v["video_results"] for v in record["video_results"]}
     for name, score in per_video.items():
@@ -108,8 +119,18 @@ def test_temporal_flickering_through_vbench_api(toy_videos, tmp_path):
 
     # A rerun reuses the finished dimension instead of evaluating it again.
     mtime = (results / "temporal_flickering.json").stat().st_mtime_ns
-    assert vb.run_vbench(videos, results, dimensions=["temporal_flickering"], python=python, device="cpu",
-                         full_info=full_info, timeout=300) == raw
+    assert (
+        vb.run_vbench(
+            videos,
+            results,
+            dimensions=["temporal_flickering"],
+            python=python,
+            device="cpu",
+            full_info=full_info,
+            timeout=300,
+        )
+        == raw
+    )
     assert (results / "temporal_flickering.json").stat().st_mtime_ns == mtime
 
 
@@ -117,8 +138,15 @@ def test_missing_video_is_an_error_not_a_smaller_average(toy_videos, tmp_path):
     python, full_info, prompts, videos = toy_videos
     (videos / f"{prompts[1]}-3.mp4").unlink()
     with pytest.raises(vb.VBenchEnvironmentError, match="1 of the 10 videos the prompt suite expects are missing"):
-        vb.run_vbench(videos, tmp_path / "results", dimensions=["temporal_flickering"], python=python, device="cpu",
-                      full_info=full_info, timeout=300)
+        vb.run_vbench(
+            videos,
+            tmp_path / "results",
+            dimensions=["temporal_flickering"],
+            python=python,
+            device="cpu",
+            full_info=full_info,
+            timeout=300,
+        )
     assert not (tmp_path / "results" / "temporal_flickering.json").exists()
 
 
@@ -129,14 +157,36 @@ def test_dimensions_needing_detectron2_are_named_before_any_work(tmp_path):
 
     python, _ = vbench_env()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    has_detectron2 = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('detectron2') is not None)"],
-                                    capture_output=True, text=True, env=env).stdout.strip() == "True"
+    has_detectron2 = (
+        subprocess.run(
+            [str(python), "-c", "import importlib.util as u; print(u.find_spec('detectron2') is not None)"],
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout.strip()
+        == "True"
+    )
     if has_detectron2:  # set up with WITH_DETECTRON2=1: then the GRiT dimensions must import
-        proc = subprocess.run([str(python), "-c", "import vbench.color, vbench.object_class"], capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [str(python), "-c", "import vbench.color, vbench.object_class"], capture_output=True, text=True, env=env
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return
-    proc = subprocess.run([str(python), str(vb.VBENCH_RUN_SCRIPT), "--prefetch", "--dimensions", "temporal_flickering", "color", "object_class"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            str(python),
+            str(vb.VBENCH_RUN_SCRIPT),
+            "--prefetch",
+            "--dimensions",
+            "temporal_flickering",
+            "color",
+            "object_class",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "color: ModuleNotFoundError" in proc.stderr and "object_class: ModuleNotFoundError" in proc.stderr
     assert "detectron2" in proc.stderr and "temporal_flickering:" not in proc.stderr

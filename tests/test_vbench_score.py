@@ -11,10 +11,22 @@ from ditguide.metrics import vbench_score as vb
 
 # An invented but plausible model: raw per-dimension scores as VBench writes them.
 RAW = {
-    "subject_consistency": 0.95, "background_consistency": 0.96, "temporal_flickering": 0.98, "motion_smoothness": 0.98,
-    "aesthetic_quality": 0.60, "imaging_quality": 0.65, "dynamic_degree": 0.70,
-    "object_class": 0.85, "multiple_objects": 0.60, "human_action": 0.95, "color": 0.85, "spatial_relationship": 0.70,
-    "scene": 0.45, "appearance_style": 0.22, "temporal_style": 0.24, "overall_consistency": 0.26,
+    "subject_consistency": 0.95,
+    "background_consistency": 0.96,
+    "temporal_flickering": 0.98,
+    "motion_smoothness": 0.98,
+    "aesthetic_quality": 0.60,
+    "imaging_quality": 0.65,
+    "dynamic_degree": 0.70,
+    "object_class": 0.85,
+    "multiple_objects": 0.60,
+    "human_action": 0.95,
+    "color": 0.85,
+    "spatial_relationship": 0.70,
+    "scene": 0.45,
+    "appearance_style": 0.22,
+    "temporal_style": 0.24,
+    "overall_consistency": 0.26,
 }
 # By hand, n = (x - Min) / (Max - Min) * weight:
 #   subject     (0.95 - 0.1462) / 0.8538 = 0.941438      background (0.96 - 0.2615) / 0.7385 = 0.945836
@@ -74,7 +86,9 @@ def test_missing_or_unknown_dimensions_are_errors():
 
 def test_results_files(tmp_path):
     for d, x in RAW.items():
-        (tmp_path / f"{d}.json").write_text(json.dumps({"dimension": d, "score": x, "n_videos": 5, "video_results": []}))
+        (tmp_path / f"{d}.json").write_text(
+            json.dumps({"dimension": d, "score": x, "n_videos": 5, "video_results": []})
+        )
     assert vb.load_raw_scores(tmp_path) == RAW
     (tmp_path / "scene.json").unlink()
     with pytest.raises(FileNotFoundError, match="no VBench results for scene"):

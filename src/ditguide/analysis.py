@@ -98,7 +98,7 @@ class ResidualProbe:
             h_in = bind_block_arguments(signature, args, kwargs)[info.input_names["image"]]
             h_out = output[info.output.streams.index("image")] if info.returns_tuple else output
             if info.output.kind == "concat":  # one tensor over [streams]: the image tokens are last
-                h_out = h_out[:, -h_in.shape[1]:]
+                h_out = h_out[:, -h_in.shape[1] :]
             a, b = h_in.flatten(1).double(), h_out.flatten(1).double()
             rel = (b - a).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
             cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
@@ -128,31 +128,12 @@ def _per_sample_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-# ---- the testbed's denoiser ---------------------------------------------------------------------
-
-class SceneDenoiser:
-    """x0 estimates of a testbed pipeline's transformer on 16x16 scenes (rectified flow: x0 = x_t - t v)."""
-
-    def __init__(self, pipe, captions: Sequence[str]):
-        from .toy.pipeline import image_ids
-
-        self.pipe, self.captions = pipe, list(captions)
-        self.embeds, self.pooled = pipe.encode_prompt(self.captions)
-        self.txt_ids = torch.zeros(self.embeds.shape[1], 3)
-        self.img_ids = image_ids(height=16, width=16)
-
-    @torch.no_grad()
-    def __call__(self, x_t: np.ndarray, t: float, transformer=None) -> np.ndarray:
-        from .toy.pipeline import pack, unpack
-
-        model = transformer if transformer is not None else self.pipe.transformer
-        x = pack(torch.from_numpy(x_t).float())
-        v = model(hidden_states=x, timestep=torch.full((len(x),), float(t)), pooled_projections=self.pooled,
-                  encoder_hidden_states=self.embeds, txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
-        return unpack(x - t * v, 16, 16).double().numpy()
+# ---- noisy training renders (the scans' x_t) -----------------------------------------------------
 
 
-def noisy_training_renders(captions: Sequence[str], t_grid: Sequence[float], seed: int = 0, bed=None) -> dict[float, np.ndarray]:
+def noisy_training_renders(
+    captions: Sequence[str], t_grid: Sequence[float], seed: int = 0, bed=None
+) -> dict[float, np.ndarray]:
     """x_t per t from training renders of `captions` (the data the model was fit to), seeded."""
     bed = _bed(bed)
     rng = np.random.default_rng(seed)
@@ -167,9 +148,18 @@ def _bed(bed):
     return ScenesBed() if bed is None else bed
 
 
-def denoiser_scan(pipe, captions: Sequence[str], *, edits: Sequence[str] = tuple(EDITS), t_grid=T_GRID,
-                  twins: dict | None = None, seed: int = 0, blocks: Sequence[str] | None = None, progress: bool = True,
-                  bed=None) -> dict:
+def denoiser_scan(
+    pipe,
+    captions: Sequence[str],
+    *,
+    edits: Sequence[str] = tuple(EDITS),
+    t_grid=T_GRID,
+    twins: dict | None = None,
+    seed: int = 0,
+    blocks: Sequence[str] | None = None,
+    progress: bool = True,
+    bed=None,
+) -> dict:
     """Residual norms per block and error alignment per block x edit (and per twin), at each t."""
     bed = _bed(bed)
     for e in edits:
@@ -178,12 +168,22 @@ def denoiser_scan(pipe, captions: Sequence[str], *, edits: Sequence[str] = tuple
     model = pipe.transformer
     blocks = _check_blocks(model, blocks)
     xs = noisy_training_renders(captions, t_grid, seed, bed)
-    out = {"t_grid": list(t_grid), "samples": len(captions), "ideal": bed.ideal_note,
-           "model_error": [], "residuals": [], "alignment": []}
+    out = {
+        "t_grid": list(t_grid),
+        "samples": len(captions),
+        "ideal": bed.ideal_note,
+        "model_error": [],
+        "residuals": [],
+        "alignment": [],
+    }
     if hasattr(bed, "ideal_agreement"):  # a sampled D*: how close two independent estimates are, per t
         out["ideal_agreement"] = [bed.ideal_agreement(xs[t], t, captions) for t in t_grid]
-    bar = tqdm(total=len(t_grid) * (1 + len(blocks) * len(edits) + len(twins or {})), desc="denoiser scan", disable=not progress,
-               mininterval=5)
+    bar = tqdm(
+        total=len(t_grid) * (1 + len(blocks) * len(edits) + len(twins or {})),
+        desc="denoiser scan",
+        disable=not progress,
+        mininterval=5,
+    )
     for t in t_grid:
         ideal = bed.ideal(xs[t], t, captions)
         with ResidualProbe(model) as probe:
@@ -194,8 +194,16 @@ def denoiser_scan(pipe, captions: Sequence[str], *, edits: Sequence[str] = tuple
         for b, rec in zip(block_addresses(model), probe.records):
             r = torch.cat(rec).numpy()
             (rel, rel_se), (cos, cos_se) = _mean_se(r[:, 0]), _mean_se(r[:, 1])
-            out["residuals"].append({"block": b, "t": t, "rel_update": rel, "rel_update_se": rel_se, "cos_in_out": cos,
-                                     "cos_in_out_se": cos_se})
+            out["residuals"].append(
+                {
+                    "block": b,
+                    "t": t,
+                    "rel_update": rel,
+                    "rel_update_se": rel_se,
+                    "cos_in_out": cos,
+                    "cos_in_out_se": cos_se,
+                }
+            )
 
         def align(name, block, d_edit):
             change = d_edit - d
@@ -217,6 +225,7 @@ def denoiser_scan(pipe, captions: Sequence[str], *, edits: Sequence[str] = tuple
 
 # ---- generation-level scan -----------------------------------------------------------------------
 
+
 def _window_steps(window: tuple[float, float], steps: int) -> set[int]:
     """Steps i with start <= i / steps < end (half-open, so the thirds tile the trajectory)."""
     lo, hi = window
@@ -224,8 +233,18 @@ def _window_steps(window: tuple[float, float], steps: int) -> set[int]:
 
 
 @torch.no_grad()
-def sample_with_edit(pipe, captions: Sequence[str], indices: Sequence[int], *, spec: str | None, steps: int,
-                     active: set[int] | None = None, base_seed: int = 0, batch_size: int = 256, bed=None) -> np.ndarray:
+def sample_with_edit(
+    pipe,
+    captions: Sequence[str],
+    indices: Sequence[int],
+    *,
+    spec: str | None,
+    steps: int,
+    active: set[int] | None = None,
+    base_seed: int = 0,
+    batch_size: int = 256,
+    bed=None,
+) -> np.ndarray:
     """uint8 samples (the bed's layout), no guidance, with `spec` attached at the steps in `active` (all if None).
 
     The edit is attached before a step and removed after it by the pipeline's step callback, so the
@@ -235,7 +254,7 @@ def sample_with_edit(pipe, captions: Sequence[str], indices: Sequence[int], *, s
     for start in range(0, len(captions), batch_size):
         chunk = slice(start, start + batch_size)
         handle = {"h": None}
-        on = (lambda i: spec is not None and (active is None or i in active))
+        on = lambda i: spec is not None and (active is None or i in active)
 
         def toggle(i):
             if handle["h"] is not None:
@@ -250,7 +269,9 @@ def sample_with_edit(pipe, captions: Sequence[str], indices: Sequence[int], *, s
 
         toggle(0)
         try:
-            images = bed.sample(pipe, captions[chunk], indices[chunk], steps=steps, base_seed=base_seed, callback=callback)
+            images = bed.sample(
+                pipe, captions[chunk], indices[chunk], steps=steps, base_seed=base_seed, callback=callback
+            )
         finally:
             if handle["h"] is not None:
                 handle["h"].remove()
@@ -258,16 +279,29 @@ def sample_with_edit(pipe, captions: Sequence[str], indices: Sequence[int], *, s
     return np.concatenate(out)
 
 
-def generation_configs(blocks: Sequence[str], edits: Sequence[str], window_edits: Sequence[str] = WINDOW_EDITS) -> list[tuple[str, str, str]]:
+def generation_configs(
+    blocks: Sequence[str], edits: Sequence[str], window_edits: Sequence[str] = WINDOW_EDITS
+) -> list[tuple[str, str, str]]:
     """(edit, block, window) of the scan: every edit over all steps, then the window edits per third."""
     configs = [(e, b, "all") for e in edits for b in blocks]
     configs += [(e, b, w) for e in window_edits for b in blocks for w in WINDOWS]
     return configs
 
 
-def generation_scan(pipe, judge, captions: Sequence[str], *, steps: int, seed_sets: int = 3, edits: Sequence[str] = tuple(EDITS),
-                    window_edits: Sequence[str] = WINDOW_EDITS, base_seed: int = 0, out_path: str | Path | None = None,
-                    blocks: Sequence[str] | None = None, progress: bool = True) -> dict:
+def generation_scan(
+    pipe,
+    judge,
+    captions: Sequence[str],
+    *,
+    steps: int,
+    seed_sets: int = 3,
+    edits: Sequence[str] = tuple(EDITS),
+    window_edits: Sequence[str] = WINDOW_EDITS,
+    base_seed: int = 0,
+    out_path: str | Path | None = None,
+    blocks: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict:
     """Every (edit, block, window) against the unedited model on the same seeds. `judge` is a testbed
     adapter (ditguide.testbeds.beds) or the scene judge. With `out_path`, finished records are saved
     after each config and a rerun skips them."""
@@ -287,14 +321,28 @@ def generation_scan(pipe, judge, captions: Sequence[str], *, steps: int, seed_se
     done = _load_partial(out_path, per_set, seed_sets, steps, weights)
     base_images = sample_with_edit(pipe, prompts, indices, spec=None, steps=steps, base_seed=base_seed, bed=bed)
     base = bed.score_sets(base_images, prompts, reference, per_set)
-    result = {"samples": len(prompts), "seed_sets": seed_sets, "per_set": per_set, "steps": steps, "weights": weights,
-              "base": {k: _mean_se([s[k] for s in base])[0] for k in bed.keys},
-              "records": list(done.values())}
+    result = {
+        "samples": len(prompts),
+        "seed_sets": seed_sets,
+        "per_set": per_set,
+        "steps": steps,
+        "weights": weights,
+        "base": {k: _mean_se([s[k] for s in base])[0] for k in bed.keys},
+        "records": list(done.values()),
+    }
     todo = [c for c in generation_configs(blocks, edits, window_edits) if c not in done]
     for edit, block, window in tqdm(todo, desc="generation scan", disable=not progress, mininterval=5):
         active = None if window == "all" else _window_steps(WINDOWS[window], steps)
-        images = sample_with_edit(pipe, prompts, indices, spec=edit_string(edit, block), steps=steps, active=active,
-                                  base_seed=base_seed, bed=bed)
+        images = sample_with_edit(
+            pipe,
+            prompts,
+            indices,
+            spec=edit_string(edit, block),
+            steps=steps,
+            active=active,
+            base_seed=base_seed,
+            bed=bed,
+        )
         sets = bed.score_sets(images, prompts, reference, per_set)
         record = {"edit": edit, "block": block, "window": window}
         for key in bed.keys:
@@ -315,7 +363,12 @@ def _load_partial(path, per_set: int, seed_sets: int, steps: int, weights: str) 
     if path is None or not Path(path).is_file():
         return {}
     old = json.loads(Path(path).read_text())
-    if (old.get("per_set"), old.get("seed_sets"), old.get("steps"), old.get("weights")) != (per_set, seed_sets, steps, weights):
+    if (old.get("per_set"), old.get("seed_sets"), old.get("steps"), old.get("weights")) != (
+        per_set,
+        seed_sets,
+        steps,
+        weights,
+    ):
         return {}  # another sample plan: nothing to reuse
     return {_key(r): r for r in old.get("records", [])}
 
@@ -327,6 +380,7 @@ def _save_partial(path, result: dict) -> None:
 
 
 # ---- reading the map -------------------------------------------------------------------------------
+
 
 def rank_candidates(scores: dict, top: int = 8, bed=None) -> dict:
     """Weak-edit candidates: edits that change the output (perceptual change) and whose error
@@ -345,8 +399,17 @@ def rank_candidates(scores: dict, top: int = 8, bed=None) -> dict:
         if block is None:
             continue
         g = gen.get((edit, block), {})
-        weak.append({"edit": edit, "block": block, "spec": edit_string(edit, block), "alignment": float(np.mean(cos)),
-                     "perceptual": g.get("perceptual"), f"d_{q}": g.get(f"d_{q}"), f"d_{a}": g.get(f"d_{a}")})
+        weak.append(
+            {
+                "edit": edit,
+                "block": block,
+                "spec": edit_string(edit, block),
+                "alignment": float(np.mean(cos)),
+                "perceptual": g.get("perceptual"),
+                f"d_{q}": g.get(f"d_{q}"),
+                f"d_{a}": g.get(f"d_{a}"),
+            }
+        )
     weak = [w for w in weak if w["alignment"] > 0]
     weak.sort(key=lambda w: -w["alignment"])
     strong = []
@@ -354,11 +417,16 @@ def rank_candidates(scores: dict, top: int = 8, bed=None) -> dict:
         better_a = r[f"d_{a}"] > 2 * r[f"d_{a}_se"] and r[f"d_{a}"] > 0
         better_q = sign * r[f"d_{q}"] > 2 * r[f"d_{q}_se"] and sign * r[f"d_{q}"] > 0
         if better_a or better_q:
-            strong.append({k: r[k] for k in ("edit", "block", "window", f"d_{q}", f"d_{q}_se", f"d_{a}", f"d_{a}_se")}
-                          | {"spec": edit_string(r["edit"], r["block"])})
+            strong.append(
+                {k: r[k] for k in ("edit", "block", "window", f"d_{q}", f"d_{q}_se", f"d_{a}", f"d_{a}_se")}
+                | {"spec": edit_string(r["edit"], r["block"])}
+            )
     strong.sort(key=lambda r: (-r[f"d_{a}"], -sign * r[f"d_{q}"]))
-    twins = {r["edit"]: float(np.mean([x["cos"] for x in scores["denoiser"]["alignment"] if x["edit"] == r["edit"]]))
-             for r in scores["denoiser"]["alignment"] if r["block"] is None}
+    twins = {
+        r["edit"]: float(np.mean([x["cos"] for x in scores["denoiser"]["alignment"] if x["edit"] == r["edit"]]))
+        for r in scores["denoiser"]["alignment"]
+        if r["block"] is None
+    }
     return {"weak": weak[:top], "strong": strong[:top], "twin_alignment": twins}
 
 
@@ -372,7 +440,9 @@ def heatmap(ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
     return im
 
 
-def table_of(records: Sequence[dict], row_key: str, col_key: str, value: str, rows: Sequence, cols: Sequence) -> np.ndarray:
+def table_of(
+    records: Sequence[dict], row_key: str, col_key: str, value: str, rows: Sequence, cols: Sequence
+) -> np.ndarray:
     grid = np.full((len(rows), len(cols)), np.nan)
     for r in records:
         if r[row_key] in rows and r[col_key] in cols:

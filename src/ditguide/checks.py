@@ -7,8 +7,15 @@ import numbers
 from typing import Any
 
 
-def check_number(value: Any, where: str, *, lo: float | None = None, hi: float | None = None,
-                 allowed: str = "finite", error: type[Exception] = ValueError) -> float:
+def check_number(
+    value: Any,
+    where: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    allowed: str = "finite",
+    error: type[Exception] = ValueError,
+) -> float:
     """`value` as a float if it is a real number (not a bool), finite and within [lo, hi]; else
     `error`, naming `where` and what is `allowed` (e.g. "in [0, 1]")."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -69,7 +69,11 @@ def typed_section(params: dict, name: str, defaults: dict) -> dict:
     for key, value in section.items():
         if not _type_ok(value, defaults[key]):
             kind = type(defaults[key]).__name__
-            hint = " (YAML reads 1e-4 as a string: write 1.0e-4 or 0.0001)" if isinstance(value, str) and kind == "float" else ""
+            hint = (
+                " (YAML reads 1e-4 as a string: write 1.0e-4 or 0.0001)"
+                if isinstance(value, str) and kind == "float"
+                else ""
+            )
             raise ConfigError(f"params {name}.{key}={value!r} is not allowed; allowed: a {kind}{hint}")
     return dict(section)
 

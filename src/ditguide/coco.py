@@ -181,7 +181,9 @@ def sample_pairs(
     files, captions = load_captions(captions_path)
     ids = sorted(i for i in files if captions.get(i))
     if n_test + n_dev > len(ids):
-        raise ValueError(f"n_test + n_dev = {n_test + n_dev} exceeds the {len(ids)} captioned images in {captions_path}")
+        raise ValueError(
+            f"n_test + n_dev = {n_test + n_dev} exceeds the {len(ids)} captioned images in {captions_path}"
+        )
     order = np.random.default_rng(seed).permutation(len(ids))
     chosen = {"test": order[:n_test], "dev": order[n_test : n_test + n_dev]}
     out: dict[str, list[dict]] = {}
@@ -192,7 +194,13 @@ def sample_pairs(
             caps = captions[image_id]
             c = int(np.random.default_rng([seed, image_id]).integers(len(caps)))
             records.append(
-                {"index": k, "image_id": image_id, "file_name": files[image_id], "caption_id": caps[c][0], "caption": caps[c][1]}
+                {
+                    "index": k,
+                    "image_id": image_id,
+                    "file_name": files[image_id],
+                    "caption_id": caps[c][0],
+                    "caption": caps[c][1],
+                }
             )
         out[split] = records
     return out
@@ -222,7 +230,9 @@ def write_splits(
     for split, records in pairs.items():
         write_text_atomic(splits_dir / f"{split}.json", json.dumps(records, indent=0, ensure_ascii=False))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["index", "image_id", "file_name", "caption_id", "caption"], lineterminator="\n")
+        writer = csv.DictWriter(
+            buf, fieldnames=["index", "image_id", "file_name", "caption_id", "caption"], lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(records)
         write_text_atomic(splits_dir / f"{split}.csv", buf.getvalue())
@@ -246,7 +256,9 @@ def read_split(data_dir: str | os.PathLike, split: str) -> list[dict]:
         raise ValueError(f"split={split!r} is not allowed; allowed: {', '.join(SPLITS)}")
     path = Path(data_dir) / "splits" / f"{split}.json"
     if not path.is_file():
-        raise MissingDataError(f"COCO split file {path} not found: run `python -m ditguide.coco sample --data-dir {data_dir}` first")
+        raise MissingDataError(
+            f"COCO split file {path} not found: run `python -m ditguide.coco sample --data-dir {data_dir}` first"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -292,7 +304,11 @@ def prepare_reference(
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.part"):
         stale.unlink(missing_ok=True)
-    todo = [(images_dir / r["file_name"], out / f"{r['index']:05d}.png") for r in records if not (out / f"{r['index']:05d}.png").is_file()]
+    todo = [
+        (images_dir / r["file_name"], out / f"{r['index']:05d}.png")
+        for r in records
+        if not (out / f"{r['index']:05d}.png").is_file()
+    ]
     from tqdm.auto import tqdm
 
     if workers > 1:

@@ -528,7 +528,9 @@ class GuidedDenoiser(torch.nn.Module):
             stack.enter_context(_hooks(outer))
             out = self.transformer(return_dict=False, **call)[0]
         record.forwards += 1
-        record.block_evals += counter[0] / batch if self.count == "measure" else planned_evals(group, plan, br, self.num_blocks)
+        record.block_evals += (
+            counter[0] / batch if self.count == "measure" else planned_evals(group, plan, br, self.num_blocks)
+        )
         return {k: out[j * batch : (j + 1) * batch] for j, k in enumerate(group)}
 
     def _block_info(self, index: int):

@@ -116,7 +116,9 @@ class _SpecGuidance(BaseGuidance):
 
         self._check_negative(input_fields, "input_fields", has_negative)
         return [
-            self._prepare_batch_from_block_state(input_fields, data, TUPLE_INDEX[self.spec.branches[n].prompt], PREFIX + n)
+            self._prepare_batch_from_block_state(
+                input_fields, data, TUPLE_INDEX[self.spec.branches[n].prompt], PREFIX + n
+            )
             for n in self._batches
         ]
 
@@ -161,10 +163,12 @@ class _SpecGuidance(BaseGuidance):
     # ---- combining --------------------------------------------------------------------------------
 
     def forward(self, **predictions: torch.Tensor) -> GuiderOutput:
-        unknown = [k for k in predictions if not k.startswith(PREFIX) or k[len(PREFIX):] not in self.spec.branches]
+        unknown = [k for k in predictions if not k.startswith(PREFIX) or k[len(PREFIX) :] not in self.spec.branches]
         if unknown:
-            raise GuidanceSpecError(f"{type(self).__name__}: unknown predictions {unknown}; expected {self._input_predictions}")
-        preds = {k[len(PREFIX):]: v for k, v in predictions.items()}
+            raise GuidanceSpecError(
+                f"{type(self).__name__}: unknown predictions {unknown}; expected {self._input_predictions}"
+            )
+        preds = {k[len(PREFIX) :]: v for k, v in predictions.items()}
         base = preds[self.spec.base]
         if not (self._enabled and self.spec.terms and self._in_window()):
             out = base  # guidance off at this step: exactly the conditional prediction
@@ -250,7 +254,9 @@ class StrongWeakGuidance(_SpecGuidance):
         enabled: bool = True,
     ):
         s = check_number(guidance_scale, "guidance_scale", lo=0.0, allowed="finite and >= 0 (1: no CFG term)")
-        w = check_number(strong_weak_scale, "strong_weak_scale", lo=0.0, allowed="finite and >= 0 (0: no strong/weak term)")
+        w = check_number(
+            strong_weak_scale, "strong_weak_scale", lo=0.0, allowed="finite and >= 0 (0: no strong/weak term)"
+        )
         window = _window(strong_weak_start, strong_weak_stop, "strong_weak")
         d = preset("strong_weak", scale=w, cfg_scale=s, strong=strong, weak=weak, interval=window)
         self._setup(_drop_zero_terms(d), start, stop, enabled)
@@ -282,12 +288,15 @@ class LayerEditAutoGuidance(_SpecGuidance):
         stop: float = 1.0,
         enabled: bool = True,
     ):
-        w = check_number(guidance_scale, "guidance_scale", lo=1.0, allowed="finite and >= 1 (Karras et al.'s w; 1: off)")
+        w = check_number(
+            guidance_scale, "guidance_scale", lo=1.0, allowed="finite and >= 1 (Karras et al.'s w; 1: off)"
+        )
         s = check_number(cfg_scale, "cfg_scale", lo=0.0, allowed="finite and >= 0 (1: no CFG term)")
         if weak_prompt not in TUPLE_INDEX:
-            raise GuidanceSpecError(f"weak_prompt = {weak_prompt!r}: must be 'pos' (Karras et al.) or 'neg' (diffusers' AutoGuidance)")
+            raise GuidanceSpecError(
+                f"weak_prompt = {weak_prompt!r}: must be 'pos' (Karras et al.) or 'neg' (diffusers' AutoGuidance)"
+            )
         window = _window(auto_guidance_start, auto_guidance_stop, "auto_guidance")
         d = preset("autoguidance", scale=w - 1.0, weak=weak, cfg_scale=s, interval=window)
         d["branches"]["weak"]["prompt"] = weak_prompt
         self._setup(_drop_zero_terms(d), start, stop, enabled)
-

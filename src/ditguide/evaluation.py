@@ -19,7 +19,14 @@ class T2IResult:
 
     def table(self) -> str:
         rows = [
-            (name, "-" if m["cfg_scale"] is None else m["cfg_scale"], m["nfe_per_step"], m["fd"], m["clip"], m["accuracy"])
+            (
+                name,
+                "-" if m["cfg_scale"] is None else m["cfg_scale"],
+                m["nfe_per_step"],
+                m["fd"],
+                m["clip"],
+                m["accuracy"],
+            )
             for name, m in self.metrics["methods"].items()
         ]
         floor = self.metrics["floor"]["fd_real_halves"]
@@ -65,9 +72,11 @@ def evaluate_t2i_toy(
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.family != "toy":
-        raise ConfigError(f"profile={profile!r} is not allowed here: it is family {prof.family!r}, and the evaluate_t2i "
-                          "stage evaluates toy-family profiles; list real T2I profiles in image_profiles (params.yaml) "
-                          "for the evaluate_t2i_real stage")
+        raise ConfigError(
+            f"profile={profile!r} is not allowed here: it is family {prof.family!r}, and the evaluate_t2i "
+            "stage evaluates toy-family profiles; list real T2I profiles in image_profiles (params.yaml) "
+            "for the evaluate_t2i_real stage"
+        )
     if not (isinstance(samples_per_class, int) and samples_per_class >= 1):
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     for s in cfg_scales:
@@ -84,8 +93,10 @@ def evaluate_t2i_toy(
     pipe = load_pipeline(prof)
     metric = ToyJudgeMetric(judge, heldout_reference(judge))
 
-    renderers = {"none": PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed),
-                 "cfg": PipelineRenderer(prof, pipe, base_seed=base_seed)}
+    renderers = {
+        "none": PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed),
+        "cfg": PipelineRenderer(prof, pipe, base_seed=base_seed),
+    }
     for s in cfg_scales:
         if float(s) != prof.cfg_scale:
             renderers[f"cfg@{s:g}"] = PipelineRenderer(prof, pipe, cfg_scale=float(s), base_seed=base_seed)
@@ -95,8 +106,15 @@ def evaluate_t2i_toy(
         renderer.validate(prompts)  # every spec against the model before the first method renders
 
     result = T2IResult(
-        metrics={"profile": profile, "count": count, "steps": prof.steps, "base_seed": base_seed,
-                 "reference": "held-out split (judge features)", "floor": real_floor(judge), "methods": {}},
+        metrics={
+            "profile": profile,
+            "count": count,
+            "steps": prof.steps,
+            "base_seed": base_seed,
+            "reference": "held-out split (judge features)",
+            "floor": real_floor(judge),
+            "methods": {},
+        },
         labels=labels,
     )
     for name, renderer in renderers.items():
@@ -104,7 +122,12 @@ def evaluate_t2i_toy(
         generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
         samples = Samples.from_dir(out, count)
         judged = metric(samples)
-        entry = {"fd": judged.value, "clip": judged.details["clip"], "accuracy": judged.details["accuracy"], "count": judged.n}
+        entry = {
+            "fd": judged.value,
+            "clip": judged.details["clip"],
+            "accuracy": judged.details["accuracy"],
+            "count": judged.n,
+        }
         entry.update(nfe_per_step=renderer.nfe_per_step(prompts[0]))
         if renderer.guidance is None:
             entry.update(cfg_scale=renderer.cfg_scale)

@@ -47,8 +47,6 @@ LIBRARIES = ("ditguide", "torch", "diffusers", "transformers", "clean-fid", "ope
 # shared: methods, run folders, cost
 
 
-
-
 def method_names(prof: Profile, specs: Sequence[str] | None) -> list[str]:
     """["baseline", *specs] (specs default: every guidance spec of the profile), each validated: its
     shape, and its block edits against the model's config (built on the meta device; no weights load)."""
@@ -70,15 +68,24 @@ def renderer_for(prof: Profile, pipe, method: str, base_seed: int) -> PipelineRe
     return PipelineRenderer(prof, pipe, guidance=guidance_spec(prof, method), base_seed=base_seed)
 
 
-def run_dir(runs_dir: str | os.PathLike, prof: Profile, task: str, method: str, renderer: PipelineRenderer,
-            prompts: Sequence[str], samples_per_prompt: int) -> Path:
+def run_dir(
+    runs_dir: str | os.PathLike,
+    prof: Profile,
+    task: str,
+    method: str,
+    renderer: PipelineRenderer,
+    prompts: Sequence[str],
+    samples_per_prompt: int,
+) -> Path:
     """runs/<profile>/<task>/<method>-<key>. The prompts are in the key because a generation folder
     holds one plan (`generate` refuses to mix two): another split or prompt subset gets its own."""
-    what = {"renderer": renderer.describe(), "samples_per_prompt": samples_per_prompt,
-            "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    what = {
+        "renderer": renderer.describe(),
+        "samples_per_prompt": samples_per_prompt,
+        "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+    }
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
     return Path(runs_dir) / prof.name / task / f"{method}-{key}"
-
 
 
 def method_entry(method: str, renderer: PipelineRenderer, nfe: float, out: Path) -> dict:
@@ -107,8 +114,9 @@ def _device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _render_methods(prof, pipe, methods, prompts, *, task, runs_dir, batch_size, base_seed, samples_per_prompt,
-                    limit, state) -> dict[str, tuple[PipelineRenderer, Path]]:
+def _render_methods(
+    prof, pipe, methods, prompts, *, task, runs_dir, batch_size, base_seed, samples_per_prompt, limit, state
+) -> dict[str, tuple[PipelineRenderer, Path]]:
     from .generate import generate
 
     renderers = {method: renderer_for(prof, pipe, method, base_seed) for method in methods}
@@ -117,8 +125,16 @@ def _render_methods(prof, pipe, methods, prompts, *, task, runs_dir, batch_size,
     out = {}
     for method, renderer in renderers.items():
         folder = run_dir(runs_dir, prof, task, method, renderer, prompts, samples_per_prompt)
-        generate(renderer, prompts, folder, batch_size=batch_size, base_seed=base_seed,
-                 samples_per_prompt=samples_per_prompt, limit=limit, state=state)
+        generate(
+            renderer,
+            prompts,
+            folder,
+            batch_size=batch_size,
+            base_seed=base_seed,
+            samples_per_prompt=samples_per_prompt,
+            limit=limit,
+            state=state,
+        )
         out[method] = (renderer, folder)
     state.wait_for_everyone()
     return out
@@ -137,11 +153,13 @@ def _state(state):
 def coco_commands(data_dir: str | os.PathLike, split: str, resolution: int) -> str:
     """The commands that prepare a COCO split and its reference (as the coco_reference DVC stage runs them)."""
     d = f"--data-dir {data_dir}"
-    return (f"`python -m ditguide.coco annotations {d}`, `python -m ditguide.coco sample {d}`, "
-            f"`python -m ditguide.coco images {d} --split {split}`, "
-            f"`python -m ditguide.coco reference {d} --split {split} --resolution {resolution}`, "
-            f"`python -m ditguide.coco features {d} --split {split} --resolution {resolution}` "
-            f"(or set coco_resolutions: [{resolution}] in params.yaml and run `dvc repro`)")
+    return (
+        f"`python -m ditguide.coco annotations {d}`, `python -m ditguide.coco sample {d}`, "
+        f"`python -m ditguide.coco images {d} --split {split}`, "
+        f"`python -m ditguide.coco reference {d} --split {split} --resolution {resolution}`, "
+        f"`python -m ditguide.coco features {d} --split {split} --resolution {resolution}` "
+        f"(or set coco_resolutions: [{resolution}] in params.yaml and run `dvc repro`)"
+    )
 
 
 def check_coco(data_dir: str | os.PathLike, split: str, resolution: int, extractor_id: str) -> tuple[list[dict], Path]:
@@ -163,14 +181,16 @@ def check_coco(data_dir: str | os.PathLike, split: str, resolution: int, extract
         raise coco.MissingDataError(
             f"COCO reference {ref} is missing or incomplete ({n_images} of {len(records)} images, "
             f"{'cached' if cached else 'no cached'} features {features_path(ref, extractor_id).name}). "
-            f"Prepare it with {coco_commands(data_dir, split, resolution)}")
+            f"Prepare it with {coco_commands(data_dir, split, resolution)}"
+        )
     recorded = json.loads(meta.read_text())
     split_sha = hashlib.sha256((Path(data_dir) / "splits" / f"{split}.json").read_bytes()).hexdigest()
     if recorded.get("split_sha256") not in (None, split_sha) or int(recorded.get("n", len(records))) != len(records):
         raise coco.MissingDataError(
             f"COCO reference {ref} was made from another {split} split than {Path(data_dir) / 'splits'} holds now; "
             f"delete {ref} and rerun `python -m ditguide.coco reference --data-dir {data_dir} --split {split} "
-            f"--resolution {resolution}` and `... features` for it")
+            f"--resolution {resolution}` and `... features` for it"
+        )
     return records, ref
 
 
@@ -181,10 +201,13 @@ class T2IRealResult:
 
     def table(self) -> str:
         p = self.metrics["protocol"]
-        rows = [(name, _guidance_label(m), m["nfe_per_step"], m["fid"], m["clip_sim"])
-                for name, m in self.metrics["methods"].items()]
+        rows = [
+            (name, _guidance_label(m), m["nfe_per_step"], m["fid"], m["clip_sim"])
+            for name, m in self.metrics["methods"].items()
+        ]
         return latex_table(
-            rows, ["method", "guidance", "NFE/step", "FID", "CLIP-SIM"],
+            rows,
+            ["method", "guidance", "NFE/step", "FID", "CLIP-SIM"],
             caption=(
                 f"{_tex(self.metrics['profile'])}: text-to-image on MS-COCO 2017 (train captions, {p['split']} split, "
                 f"{p['n']} captions, one image each, {p['generation']['steps']} steps, "
@@ -228,8 +251,13 @@ class T2IRealResult:
         fig, ax = plt.subplots(figsize=(style.COLUMN, 2.4))
         for name, m in self.metrics["methods"].items():
             ax.scatter(m["fid"], m["clip_sim"], color=style.color(name), s=18)
-            ax.annotate(f"{name} ({m['nfe_per_step']:g} NFE)", (m["fid"], m["clip_sim"]), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                f"{name} ({m['nfe_per_step']:g} NFE)",
+                (m["fid"], m["clip_sim"]),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.set_xlabel("FID ↓")
         ax.set_ylabel(f"CLIP-SIM ({self.metrics['protocol']['clip']['model']}) ↑")
@@ -271,14 +299,20 @@ def evaluate_t2i_real(
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.family == "toy":
-        raise ConfigError(f"profile {profile!r} is a toy-family profile: evaluate it with `dvc repro evaluate_t2i` "
-                          "(notebook 03), not in image_profiles")
+        raise ConfigError(
+            f"profile {profile!r} is a toy-family profile: evaluate it with `dvc repro evaluate_t2i` "
+            "(notebook 03), not in image_profiles"
+        )
     if prof.kind != "image":
-        raise ConfigError(f"profile {profile!r} makes {prof.kind}s: text-to-image needs an image profile (see evaluate_t2v)")
+        raise ConfigError(
+            f"profile {profile!r} makes {prof.kind}s: text-to-image needs an image profile (see evaluate_t2v)"
+        )
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 2):
         raise ValueError(f"limit must be an integer >= 2 (FID needs two samples) or None, got {limit!r}")
     if fid_extractor is not None and not fid_extractor_id:
-        raise ValueError("a custom fid_extractor needs fid_extractor_id (its reference features are cached under that name)")
+        raise ValueError(
+            "a custom fid_extractor needs fid_extractor_id (its reference features are cached under that name)"
+        )
     methods = method_names(prof, specs)
     extractor_id = fid_extractor_id or INCEPTION_ID
     records, reference = check_coco(data_dir, split, resolution, extractor_id)
@@ -294,13 +328,30 @@ def evaluate_t2i_real(
         clip._load()
     pipe = load_pipeline(prof, device=device)
 
-    rendered = _render_methods(prof, pipe, methods, prompts, task="t2i", runs_dir=runs_dir, batch_size=batch_size,
-                               base_seed=base_seed, samples_per_prompt=1, limit=n, state=state)
+    rendered = _render_methods(
+        prof,
+        pipe,
+        methods,
+        prompts,
+        task="t2i",
+        runs_dir=runs_dir,
+        batch_size=batch_size,
+        base_seed=base_seed,
+        samples_per_prompt=1,
+        limit=n,
+        state=state,
+    )
     if not state.is_main_process:
         return None
     if fid_extractor_id:
-        fid = FID(reference, extractor=fid_extractor, extractor_id=fid_extractor_id, resolution=resolution,
-                  device=device, num_workers=num_workers)
+        fid = FID(
+            reference,
+            extractor=fid_extractor,
+            extractor_id=fid_extractor_id,
+            resolution=resolution,
+            device=device,
+            num_workers=num_workers,
+        )
     else:
         fid = FID(reference, resolution=resolution, device=device, num_workers=num_workers)
         fid.extractor = fid_extractor  # the Inception loaded above (FID would load it again lazily)
@@ -312,21 +363,38 @@ def evaluate_t2i_real(
         # Per-sample scores (paired tests, CIs) stay beside the samples; the summary stays small.
         write_text(folder / f"scores-{split}-{resolution}-n{n}.json", json.dumps(full, indent=1, default=float))
         clip_details = {k: v for k, v in scores["clip_sim"].details.items() if k != "per_sample"}
-        entry = {"fid": scores["fid"].value, "clip_sim": scores["clip_sim"].value, "clip_sim_ci95": clip_details["ci95"],
-                 "n": scores["fid"].n, **method_entry(method, renderer, renderer.nfe_per_step(prompts[0]), folder),
-                 "details": {"fid": scores["fid"].details, "clip_sim": clip_details}}
+        entry = {
+            "fid": scores["fid"].value,
+            "clip_sim": scores["clip_sim"].value,
+            "clip_sim_ci95": clip_details["ci95"],
+            "n": scores["fid"].n,
+            **method_entry(method, renderer, renderer.nfe_per_step(prompts[0]), folder),
+            "details": {"fid": scores["fid"].details, "clip_sim": clip_details},
+        }
         result.metrics["methods"][method] = entry
         result.run_dirs[method] = folder
         details = entry["details"]
     result.metrics["protocol"] = {
         "dataset": "MS-COCO 2017 train captions (ditguide.coco: seeded sample, one caption per image)",
-        "split": split, "n": n, "n_split": len(records), "n_reference": details["fid"]["n_reference"],
-        "resolution": resolution, "reference": str(reference),
+        "split": split,
+        "n": n,
+        "n_split": len(records),
+        "n_reference": details["fid"]["n_reference"],
+        "resolution": resolution,
+        "reference": str(reference),
         "fid": {k: details["fid"][k] for k in ("library", "extractor", "resize")},
         "clip": {k: details["clip_sim"][k] for k in ("model", "pretrained", "definition")},
-        "generation": {"model": prof.model, "dtype": prof.dtype, "steps": prof.steps, "height": prof.height,
-                       "width": prof.width, "base_seed": base_seed, "cfg_scale": prof.cfg_scale,
-                       "distilled_guidance": prof.distilled_guidance, "negative_prompt": prof.negative_prompt},
+        "generation": {
+            "model": prof.model,
+            "dtype": prof.dtype,
+            "steps": prof.steps,
+            "height": prof.height,
+            "width": prof.width,
+            "base_seed": base_seed,
+            "cfg_scale": prof.cfg_scale,
+            "distilled_guidance": prof.distilled_guidance,
+            "negative_prompt": prof.negative_prompt,
+        },
         "libraries": package_versions(LIBRARIES),
     }
     return result
@@ -345,11 +413,19 @@ def read_suite(path: str | os.PathLike) -> list[dict]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"prompt suite {path} is not JSON ({e})") from e
-    ok = isinstance(data, list) and data and all(
-        isinstance(r, dict) and isinstance(r.get("prompt_en"), str) and isinstance(r.get("dimension"), list) for r in data)
+    ok = (
+        isinstance(data, list)
+        and data
+        and all(
+            isinstance(r, dict) and isinstance(r.get("prompt_en"), str) and isinstance(r.get("dimension"), list)
+            for r in data
+        )
+    )
     if not ok:
-        raise ValueError(f"prompt suite {path} must be a non-empty list of records {{'prompt_en': str, 'dimension': [...]}} "
-                         "(VBench_full_info.json's format; VBench's standard mode finds videos by these prompts)")
+        raise ValueError(
+            f"prompt suite {path} must be a non-empty list of records {{'prompt_en': str, 'dimension': [...]}} "
+            "(VBench_full_info.json's format; VBench's standard mode finds videos by these prompts)"
+        )
     return data
 
 
@@ -375,10 +451,14 @@ def vbench_summary(raw: dict[str, float]) -> dict:
     normalized = vb.normalized_scores(raw)
     quality = 100 * vb.quality_score(raw) if set(vb.QUALITY_DIMENSIONS) <= set(raw) else None
     semantic = 100 * vb.semantic_score(raw) if set(vb.SEMANTIC_DIMENSIONS) <= set(raw) else None
-    total = (None if quality is None or semantic is None
-             else 100 * vb.total_from_parts(quality / 100, semantic / 100))
-    return {"total": total, "quality": quality, "semantic": semantic,
-            "raw": {d: 100 * float(v) for d, v in raw.items()}, "normalized": normalized}
+    total = None if quality is None or semantic is None else 100 * vb.total_from_parts(quality / 100, semantic / 100)
+    return {
+        "total": total,
+        "quality": quality,
+        "semantic": semantic,
+        "raw": {d: 100 * float(v) for d, v in raw.items()},
+        "normalized": normalized,
+    }
 
 
 def check_vbench_dimensions(python: Path, dimensions: Sequence[str], timeout: float | None = None) -> None:
@@ -389,8 +469,13 @@ def check_vbench_dimensions(python: Path, dimensions: Sequence[str], timeout: fl
     from .metrics.vbench_score import VBENCH_RUN_SCRIPT, VBenchEnvironmentError
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    proc = subprocess.run([str(python), str(VBENCH_RUN_SCRIPT), "--prefetch", "--dimensions", *dimensions],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(python), str(VBENCH_RUN_SCRIPT), "--prefetch", "--dimensions", *dimensions],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise VBenchEnvironmentError(f"the VBench environment cannot evaluate {', '.join(dimensions)}:\n{tail}")
@@ -404,13 +489,19 @@ class T2VResult:
     def _caption(self) -> str:
         p = self.metrics["protocol"]
         g = p["generation"]
-        dims = "all 16 dimensions" if len(p["dimensions"]) == 16 else "dimensions " + ", ".join(d.replace("_", " ") for d in p["dimensions"])
+        dims = (
+            "all 16 dimensions"
+            if len(p["dimensions"]) == 16
+            else "dimensions " + ", ".join(d.replace("_", " ") for d in p["dimensions"])
+        )
         subset = "" if p["limit_per_dimension"] is None else f", first {p['limit_per_dimension']} prompts per dimension"
-        return (f"{_tex(self.metrics['profile'])}: VBench ({p['vbench']}, mode {_tex(p['mode'])}, {dims}) on {_tex(p['suite_name'])}"
-                f"{subset}: {p['n_prompts']} prompts x {p['samples_per_prompt']} seeds, {g['num_frames']} frames "
-                f"{g['height']}x{g['width']} at {g['fps']} fps, {g['steps']} steps, prompt extension "
-                f"{'on' if g['prompt_extension'] else 'off'}. Scores in percent (higher is better); "
-                "NFE/step: transformer forwards per step.")
+        return (
+            f"{_tex(self.metrics['profile'])}: VBench ({p['vbench']}, mode {_tex(p['mode'])}, {dims}) on {_tex(p['suite_name'])}"
+            f"{subset}: {p['n_prompts']} prompts x {p['samples_per_prompt']} seeds, {g['num_frames']} frames "
+            f"{g['height']}x{g['width']} at {g['fps']} fps, {g['steps']} steps, prompt extension "
+            f"{'on' if g['prompt_extension'] else 'off'}. Scores in percent (higher is better); "
+            "NFE/step: transformer forwards per step."
+        )
 
     def table(self) -> str:
         """Methods x (NFE/step, Total, Quality, Semantic where complete, and the dimensions when not all 16)."""
@@ -418,18 +509,44 @@ class T2VResult:
         dims = self.metrics["protocol"]["dimensions"]
         aggregates = [k for k in ("total", "quality", "semantic") if all(m[k] is not None for m in methods.values())]
         shown_dims = [] if len(dims) == 16 else list(dims)
-        rows = [(name, _guidance_label(m), m["nfe_per_step"], *(m[k] for k in aggregates), *(m["raw"][d] for d in shown_dims))
-                for name, m in methods.items()]
-        columns = ["method", "guidance", "NFE/step", *(k.capitalize() for k in aggregates), *(d.replace("_", " ") for d in shown_dims)]
-        return latex_table(rows, columns, caption=self._caption(), label=f"tab:t2v_{self.metrics['profile']}",
-                           bold_best={i: "max" for i in range(3, len(columns))})
+        rows = [
+            (
+                name,
+                _guidance_label(m),
+                m["nfe_per_step"],
+                *(m[k] for k in aggregates),
+                *(m["raw"][d] for d in shown_dims),
+            )
+            for name, m in methods.items()
+        ]
+        columns = [
+            "method",
+            "guidance",
+            "NFE/step",
+            *(k.capitalize() for k in aggregates),
+            *(d.replace("_", " ") for d in shown_dims),
+        ]
+        return latex_table(
+            rows,
+            columns,
+            caption=self._caption(),
+            label=f"tab:t2v_{self.metrics['profile']}",
+            bold_best={i: "max" for i in range(3, len(columns))},
+        )
 
     def dimensions_table(self) -> str:
         """Dimensions x methods: raw VBench score (percent) of every evaluated dimension."""
         methods = self.metrics["methods"]
-        rows = [(d.replace("_", " "), *(m["raw"][d] for m in methods.values())) for d in self.metrics["protocol"]["dimensions"]]
-        return latex_table(rows, ["dimension", *methods], caption=self._caption(),
-                           label=f"tab:t2v_{self.metrics['profile']}_dimensions")
+        rows = [
+            (d.replace("_", " "), *(m["raw"][d] for m in methods.values()))
+            for d in self.metrics["protocol"]["dimensions"]
+        ]
+        return latex_table(
+            rows,
+            ["dimension", *methods],
+            caption=self._caption(),
+            label=f"tab:t2v_{self.metrics['profile']}_dimensions",
+        )
 
     def dimensions_figure(self):
         """Raw score of every evaluated dimension, one marker per method (a dot plot: the methods differ by
@@ -443,9 +560,15 @@ class T2VResult:
         fig, ax = plt.subplots(figsize=(style.FULL if len(dims) > 4 else style.COLUMN, 2.4))
         offsets = np.linspace(-0.2, 0.2, len(methods)) if len(methods) > 1 else [0.0]
         for off, (name, m) in zip(offsets, methods.items()):
-            ax.scatter(np.arange(len(dims)) + off, [m["raw"][d] for d in dims], s=14, label=name, color=style.color(name))
-        ax.set_xticks(np.arange(len(dims)), [d.replace("_", " ") for d in dims], rotation=30 if len(dims) > 1 else 0,
-                      ha="right" if len(dims) > 1 else "center")
+            ax.scatter(
+                np.arange(len(dims)) + off, [m["raw"][d] for d in dims], s=14, label=name, color=style.color(name)
+            )
+        ax.set_xticks(
+            np.arange(len(dims)),
+            [d.replace("_", " ") for d in dims],
+            rotation=30 if len(dims) > 1 else 0,
+            ha="right" if len(dims) > 1 else "center",
+        )
         ax.set_xlim(-0.6, len(dims) - 0.4)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_ylabel("VBench score (%) ↑")
@@ -461,7 +584,9 @@ class T2VResult:
         from .style import FULL
 
         methods = list(methods or self.run_dirs)
-        fig, axes = plt.subplots(len(methods), frames, figsize=(FULL, FULL / frames * len(methods) * 0.8), squeeze=False)
+        fig, axes = plt.subplots(
+            len(methods), frames, figsize=(FULL, FULL / frames * len(methods) * 0.8), squeeze=False
+        )
         for row, method in zip(axes, methods):
             first = load_manifest(self.run_dirs[method])["samples"][0]
             reader = imageio_ffmpeg.read_frames(str(Path(self.run_dirs[method]) / SAMPLES_DIRNAME / first["file"]))
@@ -512,10 +637,14 @@ def evaluate_t2v(
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     if prof.kind != "video":
-        raise ConfigError(f"profile {profile!r} makes {prof.kind}s: VBench needs a video profile (see evaluate_t2i_real)")
+        raise ConfigError(
+            f"profile {profile!r} makes {prof.kind}s: VBench needs a video profile (see evaluate_t2i_real)"
+        )
     if not (isinstance(samples_per_prompt, int) and 1 <= samples_per_prompt <= VIDEOS_PER_PROMPT):
-        raise ValueError(f"samples_per_prompt must be an integer in 1..{VIDEOS_PER_PROMPT} "
-                         f"(VBench reads videos -0 to -4 of each prompt), got {samples_per_prompt!r}")
+        raise ValueError(
+            f"samples_per_prompt must be an integer in 1..{VIDEOS_PER_PROMPT} "
+            f"(VBench reads videos -0 to -4 of each prompt), got {samples_per_prompt!r}"
+        )
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1 (prompts per dimension) or None, got {limit!r}")
     dims = list(vb.DIMENSIONS) if dimensions is None else list(dict.fromkeys(dimensions))
@@ -532,8 +661,19 @@ def evaluate_t2v(
     if state.is_main_process:
         check_vbench_dimensions(python, dims, timeout)  # before sampling: detectron2, weights
     pipe = load_pipeline(prof, device=_device(device))
-    rendered = _render_methods(prof, pipe, methods, prompt_list, task="t2v", runs_dir=runs_dir, batch_size=batch_size,
-                               base_seed=base_seed, samples_per_prompt=samples_per_prompt, limit=None, state=state)
+    rendered = _render_methods(
+        prof,
+        pipe,
+        methods,
+        prompt_list,
+        task="t2v",
+        runs_dir=runs_dir,
+        batch_size=batch_size,
+        base_seed=base_seed,
+        samples_per_prompt=samples_per_prompt,
+        limit=None,
+        state=state,
+    )
     if not state.is_main_process:
         return None
 
@@ -546,28 +686,57 @@ def evaluate_t2v(
         results = folder / f"vbench-{hashlib.sha256(subset_json.encode()).hexdigest()[:10]}"
         results.mkdir(parents=True, exist_ok=True)
         (results / "full_info.json").write_text(subset_json, encoding="utf-8")
-        raw = vb.run_vbench(samples.root, results, dimensions=dims, python=python, device=vbench_device,
-                            mode="vbench_standard", full_info=results / "full_info.json",
-                            videos_per_prompt=samples_per_prompt, nproc=vbench_nproc, timeout=timeout)
+        raw = vb.run_vbench(
+            samples.root,
+            results,
+            dimensions=dims,
+            python=python,
+            device=vbench_device,
+            mode="vbench_standard",
+            full_info=results / "full_info.json",
+            videos_per_prompt=samples_per_prompt,
+            nproc=vbench_nproc,
+            timeout=timeout,
+        )
         records = {d: json.loads((results / f"{d}.json").read_text()) for d in dims}
-        entry = {**vbench_summary(raw), "n_videos": {d: records[d]["n_videos"] for d in dims},
-                 **method_entry(method, renderer, renderer.nfe_per_step(prompt_list[0]), folder),
-                 "results_dir": str(results)}
+        entry = {
+            **vbench_summary(raw),
+            "n_videos": {d: records[d]["n_videos"] for d in dims},
+            **method_entry(method, renderer, renderer.nfe_per_step(prompt_list[0]), folder),
+            "results_dir": str(results),
+        }
         result.metrics["methods"][method] = entry
         result.run_dirs[method] = folder
     first = next(iter(records.values()))
     result.metrics["protocol"] = {
         "suite": str(suite_path),
-        "suite_name": "VBench's standard prompt suite" if str(prompts) == "standard" else f"the prompt suite {Path(prompts).name}",
-        "dimensions": dims, "limit_per_dimension": limit, "n_prompts": len(prompt_list),
-        "samples_per_prompt": samples_per_prompt, "n_videos": len(prompt_list) * samples_per_prompt,
-        "mode": first["mode"], "vbench": f"vbench {first['vbench_version']}", "vbench_device": vbench_device,
+        "suite_name": "VBench's standard prompt suite"
+        if str(prompts) == "standard"
+        else f"the prompt suite {Path(prompts).name}",
+        "dimensions": dims,
+        "limit_per_dimension": limit,
+        "n_prompts": len(prompt_list),
+        "samples_per_prompt": samples_per_prompt,
+        "n_videos": len(prompt_list) * samples_per_prompt,
+        "mode": first["mode"],
+        "vbench": f"vbench {first['vbench_version']}",
+        "vbench_device": vbench_device,
         "scoring": "VBench scripts/cal_final_score.py: n = (x - Min)/(Max - Min) * weight; Quality = sum n / 6.5 "
-                   "over 7 dims, Semantic = sum n / 9 over 9 dims, Total = (4 Quality + Semantic) / 5",
-        "generation": {"model": prof.model, "dtype": prof.dtype, "steps": prof.steps, "height": prof.height,
-                       "width": prof.width, "num_frames": prof.num_frames, "fps": prof.fps or 16,
-                       "flow_shift": prof.flow_shift, "cfg_scale": prof.cfg_scale, "base_seed": base_seed,
-                       "negative_prompt": prof.negative_prompt, "prompt_extension": prof.prompt_extension},
+        "over 7 dims, Semantic = sum n / 9 over 9 dims, Total = (4 Quality + Semantic) / 5",
+        "generation": {
+            "model": prof.model,
+            "dtype": prof.dtype,
+            "steps": prof.steps,
+            "height": prof.height,
+            "width": prof.width,
+            "num_frames": prof.num_frames,
+            "fps": prof.fps or 16,
+            "flow_shift": prof.flow_shift,
+            "cfg_scale": prof.cfg_scale,
+            "base_seed": base_seed,
+            "negative_prompt": prof.negative_prompt,
+            "prompt_extension": prof.prompt_extension,
+        },
         "libraries": package_versions(LIBRARIES[:4]),
     }
     return result
@@ -604,14 +773,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_cli(args) -> int:
-    common = dict(specs=args.specs, limit=args.limit, base_seed=args.base_seed, params=args.params, runs_dir=args.runs_dir)
+    common = dict(
+        specs=args.specs, limit=args.limit, base_seed=args.base_seed, params=args.params, runs_dir=args.runs_dir
+    )
     if args.batch_size is not None:
         common["batch_size"] = args.batch_size
     if args.task == "t2i":
-        result = evaluate_t2i_real(args.profile, split=args.split, resolution=args.resolution, data_dir=args.data_dir, **common)
+        result = evaluate_t2i_real(
+            args.profile, split=args.split, resolution=args.resolution, data_dir=args.data_dir, **common
+        )
     else:
-        result = evaluate_t2v(args.profile, prompts=args.prompts, samples_per_prompt=args.samples_per_prompt,
-                              dimensions=args.dimensions, **common)
+        result = evaluate_t2v(
+            args.profile,
+            prompts=args.prompts,
+            samples_per_prompt=args.samples_per_prompt,
+            dimensions=args.dimensions,
+            **common,
+        )
     if result is not None:
         text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
         if args.out:

@@ -58,10 +58,30 @@ from .seeding import sample_seed
 from .versions import package_versions as _package_versions
 
 __all__ = [
-    "KINDS", "MANIFEST_FORMAT", "MANIFEST_NAME", "SAMPLES_DIRNAME", "PARTIAL_DIRNAME", "VBENCH_VIDEOS_PER_PROMPT",
-    "GenerationSummary", "IncompleteOutputError", "ManifestMismatchError", "Renderer", "Sample", "build_manifest",
-    "default_state", "ensure_manifest", "generate", "load_manifest", "main", "package_versions", "plan_samples",
-    "prompt_map", "read_names", "read_prompts", "verify", "video_file_name",
+    "KINDS",
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "SAMPLES_DIRNAME",
+    "PARTIAL_DIRNAME",
+    "VBENCH_VIDEOS_PER_PROMPT",
+    "GenerationSummary",
+    "IncompleteOutputError",
+    "ManifestMismatchError",
+    "Renderer",
+    "Sample",
+    "build_manifest",
+    "default_state",
+    "ensure_manifest",
+    "generate",
+    "load_manifest",
+    "main",
+    "package_versions",
+    "plan_samples",
+    "prompt_map",
+    "read_names",
+    "read_prompts",
+    "verify",
+    "video_file_name",
 ]
 
 PARTIAL_DIRNAME = ".partial"
@@ -131,7 +151,9 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     except UnicodeDecodeError as err:
         raise ValueError(f"prompts file {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"prompts file {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        raise ValueError(
+            f"prompts file {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from None
     if not prompts:
         raise ValueError(f"prompts file {path} has no prompts")
     return prompts
@@ -181,8 +203,10 @@ def _read_prompt_file(path: Path) -> list[str]:
     raise ValueError(f"prompts file {path}: suffix {suffix!r} not supported; allowed: .txt, .csv, .json")
 
 
-_RENAME_HINT = ("edit the prompt in the prompts file, or give every sample a file name with --names FILE "
-                "(python -m ditguide.generate; names= in Python) and evaluate in VBench's custom_input mode")
+_RENAME_HINT = (
+    "edit the prompt in the prompts file, or give every sample a file name with --names FILE "
+    "(python -m ditguide.generate; names= in Python) and evaluate in VBench's custom_input mode"
+)
 
 
 def video_file_name(prompt: str, i: int) -> str:
@@ -197,8 +221,7 @@ def video_file_name(prompt: str, i: int) -> str:
     name = f"{prompt}-{i}.mp4"
     if "/" in prompt or "\x00" in prompt or prompt in ("", ".", ".."):
         raise ValueError(
-            f"prompt {prompt!r} cannot be a VBench file name (it contains '/' or NUL, or is empty); "
-            f"{_RENAME_HINT}"
+            f"prompt {prompt!r} cannot be a VBench file name (it contains '/' or NUL, or is empty); {_RENAME_HINT}"
         )
     if len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
         raise ValueError(
@@ -292,7 +315,9 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def build_manifest(renderer: Renderer, plan: Sequence[Sample], *, base_seed: int, samples_per_prompt: int, video_crf: int) -> dict:
+def build_manifest(
+    renderer: Renderer, plan: Sequence[Sample], *, base_seed: int, samples_per_prompt: int, video_crf: int
+) -> dict:
     kind = renderer.kind
     encoding = (
         {"format": "png", "writer": "Pillow"}
@@ -311,7 +336,11 @@ def build_manifest(renderer: Renderer, plan: Sequence[Sample], *, base_seed: int
             "versions": package_versions(),
             "samples": [asdict(s) for s in plan],
             # Not compared on resume: where and when the run started.
-            "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "git_commit": _git_commit()},
+            "provenance": {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "host": socket.gethostname(),
+                "git_commit": _git_commit(),
+            },
         }
     )
 
@@ -364,7 +393,8 @@ def ensure_manifest(out_dir: Path, manifest: dict) -> None:
         # Files without a manifest may come from any model or settings: adopting them would mix two runs.
         raise ManifestMismatchError(
             f"{out_dir} has files in {SAMPLES_DIRNAME}/ but no {MANIFEST_NAME}, so nothing says which run made them; "
-            "refusing to adopt them. Use a new --out folder (or delete this one to start over).")
+            "refusing to adopt them. Use a new --out folder (or delete this one to start over)."
+        )
     write_bytes_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"), fsync=True)
 
 
@@ -377,19 +407,25 @@ def _check_output(arr, kind: str, index: int, expected: dict[str, int] | None = 
     want = "HxWx3" if kind == "image" else "TxHxWx3"
     ndim = 3 if kind == "image" else 4
     if arr.dtype != np.uint8 or arr.ndim != ndim or arr.shape[-1] != 3 or 0 in arr.shape:
-        raise ValueError(f"renderer output for sample {index}: expected a {want} uint8 array, got {arr.dtype} {arr.shape}")
+        raise ValueError(
+            f"renderer output for sample {index}: expected a {want} uint8 array, got {arr.dtype} {arr.shape}"
+        )
     if expected is not None:
         # The size the manifest records: a file of another size would be refused by verify afterwards.
         frames = arr.shape[0] if kind == "video" else None
         want_frames = expected.get("frames") if kind == "video" else None
         got = (frames if want_frames is not None else None, arr.shape[-2], arr.shape[-3])
         if got != (want_frames, expected["width"], expected["height"]):
-            raise ValueError(f"renderer output for sample {index}: {size_text(frames, arr.shape[-2], arr.shape[-3])}, "
-                             f"but the run records {size_text(want_frames, expected['width'], expected['height'])} "
-                             "(the profile's num_frames/height/width)")
+            raise ValueError(
+                f"renderer output for sample {index}: {size_text(frames, arr.shape[-2], arr.shape[-3])}, "
+                f"but the run records {size_text(want_frames, expected['width'], expected['height'])} "
+                "(the profile's num_frames/height/width)"
+            )
     if kind == "video" and (arr.shape[1] % 2 or arr.shape[2] % 2):
         # yuv420p (what players and VBench's decoders expect) needs even sizes; refuse rather than resize.
-        raise ValueError(f"renderer output for sample {index}: video height and width must be even, got {arr.shape[1:3]}")
+        raise ValueError(
+            f"renderer output for sample {index}: video height and width must be even, got {arr.shape[1:3]}"
+        )
     return arr
 
 
@@ -415,7 +451,18 @@ def _write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
         ffmpeg_log_level="error",
         # -f: the temporary name has no .mp4 suffix; bitexact: no encoder-version strings, so the
         # same frames give the same bytes.
-        output_params=["-crf", str(crf), "-f", "mp4", "-fflags", "+bitexact", "-flags", "+bitexact", "-map_metadata", "-1"],
+        output_params=[
+            "-crf",
+            str(crf),
+            "-f",
+            "mp4",
+            "-fflags",
+            "+bitexact",
+            "-flags",
+            "+bitexact",
+            "-map_metadata",
+            "-1",
+        ],
     )
     writer.send(None)
     for frame in video:
@@ -423,7 +470,9 @@ def _write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
     writer.close()
 
 
-def _save(sample: Sample, output: np.ndarray, kind: str, samples_dir: Path, partial_dir: Path, fps: int, crf: int) -> None:
+def _save(
+    sample: Sample, output: np.ndarray, kind: str, samples_dir: Path, partial_dir: Path, fps: int, crf: int
+) -> None:
     # Temporary names are short: a VBench file name may already be near the 255-byte limit.
     tmp = partial_dir / f"{sample.index:06d}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     with atomic_path(samples_dir / sample.file, tmp=tmp, fsync=True):
@@ -498,7 +547,9 @@ def generate(
     if base_seed is None:
         base_seed = 0 if renderer_seed is None else int(renderer_seed)
     elif renderer_seed is not None and int(renderer_seed) != base_seed:
-        raise ValueError(f"base_seed={base_seed} but the renderer draws noise with base_seed={renderer_seed}; make them agree")
+        raise ValueError(
+            f"base_seed={base_seed} but the renderer draws noise with base_seed={renderer_seed}; make them agree"
+        )
     fps = 0
     if kind == "video":
         fps = getattr(renderer, "fps", None)
@@ -517,7 +568,9 @@ def generate(
     state = default_state() if state is None else state
     rank, world = int(state.process_index), int(state.num_processes)
 
-    manifest = build_manifest(renderer, plan, base_seed=base_seed, samples_per_prompt=samples_per_prompt, video_crf=video_crf)
+    manifest = build_manifest(
+        renderer, plan, base_seed=base_seed, samples_per_prompt=samples_per_prompt, video_crf=video_crf
+    )
     if (out_dir / MANIFEST_NAME).is_file():
         ensure_manifest(out_dir, manifest)  # resuming: every process refuses a different run, before any barrier
     if state.is_main_process:
@@ -557,8 +610,14 @@ def generate(
                 bar.update(1)
     finally:
         bar.close()
-    return GenerationSummary(out_dir=out_dir, planned=len(todo), assigned=len(mine), rendered=len(pending),
-                             skipped=len(mine) - len(pending), repaired=len(repaired))
+    return GenerationSummary(
+        out_dir=out_dir,
+        planned=len(todo),
+        assigned=len(mine),
+        rendered=len(pending),
+        skipped=len(mine) - len(pending),
+        repaired=len(repaired),
+    )
 
 
 def _delete_damaged(samples: Sequence[Sample], samples_dir: Path, kind: str, expected: dict | None) -> dict[int, str]:
@@ -589,14 +648,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="render only the first N samples of the plan")
     parser.add_argument("--base-seed", type=int, default=None, help="default: the renderer's base seed")
-    parser.add_argument("--samples-per-prompt", type=int, default=None, help="default: 1 for images, 5 for videos (VBench)")
-    parser.add_argument("--names", default=None,
-                        help="a .txt file of file names (without suffix), one per sample in plan order (default: "
-                             "00000.png, ... for images, VBench's {prompt}-{i}.mp4 for videos)")
+    parser.add_argument(
+        "--samples-per-prompt", type=int, default=None, help="default: 1 for images, 5 for videos (VBench)"
+    )
+    parser.add_argument(
+        "--names",
+        default=None,
+        help="a .txt file of file names (without suffix), one per sample in plan order (default: "
+        "00000.png, ... for images, VBench's {prompt}-{i}.mp4 for videos)",
+    )
     parser.add_argument("--video-crf", type=int, default=DEFAULT_VIDEO_CRF)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--repair", action="store_true",
-                        help="decode the existing samples first and render the damaged ones (undecodable, wrong size) again")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="decode the existing samples first and render the damaged ones (undecodable, wrong size) again",
+    )
     parser.add_argument("--no-progress", action="store_true")
     from .cli import add_debug_flag, run_reporting_user_errors
 
@@ -605,7 +672,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("batch_size", "limit", "samples_per_prompt", "base_seed"):
         value = getattr(args, name)
         if value is not None and value < (0 if name in ("limit", "base_seed") else 1):
-            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name in ('limit', 'base_seed') else 1}, got {value}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= {0 if name in ('limit', 'base_seed') else 1}, got {value}"
+            )
     return run_reporting_user_errors(lambda: _run_cli(args), debug=args.debug)
 
 
@@ -617,24 +686,45 @@ def _run_cli(args: argparse.Namespace) -> int:
     from .render import load_renderer  # lazy: pulls in diffusers and the model family
 
     # The file names (VBench's `{prompt}-{i}.mp4` must be a valid name) before anything loads.
-    plan_samples(prompts, load_profile(args.profile, load_params(args.params)).kind,
-                 samples_per_prompt=args.samples_per_prompt, base_seed=args.base_seed or 0, names=names)
+    plan_samples(
+        prompts,
+        load_profile(args.profile, load_params(args.params)).kind,
+        samples_per_prompt=args.samples_per_prompt,
+        base_seed=args.base_seed or 0,
+        names=names,
+    )
     state = default_state()
     # The spec and the prompts are checked against the model's config before its weights load.
-    renderer = load_renderer(args.profile, args.spec, params_path=args.params, base_seed=args.base_seed or 0,
-                             prompts=list(dict.fromkeys(prompts)))
+    renderer = load_renderer(
+        args.profile,
+        args.spec,
+        params_path=args.params,
+        base_seed=args.base_seed or 0,
+        prompts=list(dict.fromkeys(prompts)),
+    )
     summary = generate(
-        renderer, prompts, args.out, batch_size=args.batch_size, base_seed=args.base_seed, names=names,
-        samples_per_prompt=args.samples_per_prompt, limit=args.limit, video_crf=args.video_crf, state=state,
-        progress=not args.no_progress, repair=args.repair,
+        renderer,
+        prompts,
+        args.out,
+        batch_size=args.batch_size,
+        base_seed=args.base_seed,
+        names=names,
+        samples_per_prompt=args.samples_per_prompt,
+        limit=args.limit,
+        video_crf=args.video_crf,
+        state=state,
+        progress=not args.no_progress,
+        repair=args.repair,
     )
     state.wait_for_everyone()
     if state.is_main_process:
         paths = verify(args.out, summary.planned)
         repaired = f" ({summary.repaired} damaged files rendered again)" if summary.repaired else ""
-        print(f"{len(paths)} samples complete and decodable in {Path(args.out) / SAMPLES_DIRNAME}: "
-              f"{summary.rendered} rendered{repaired}, {summary.skipped} reused (this process); "
-              f"manifest {Path(args.out) / MANIFEST_NAME}")
+        print(
+            f"{len(paths)} samples complete and decodable in {Path(args.out) / SAMPLES_DIRNAME}: "
+            f"{summary.rendered} rendered{repaired}, {summary.skipped} reused (this process); "
+            f"manifest {Path(args.out) / MANIFEST_NAME}"
+        )
     return 0
 
 

@@ -44,8 +44,9 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, tmp: str | os.PathLike | None = None, suffix: str = ".tmp",
-                fsync: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, tmp: str | os.PathLike | None = None, suffix: str = ".tmp", fsync: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on an error it is deleted.
 
     tmp: the temporary's path (default `temporary_name(path, suffix)`; give one on the same filesystem,

@@ -31,9 +31,20 @@ EXECUTED_DIR = Path("notebooks/executed")
 # Where the stages' notebooks write their outputs; listed at the end of a run.
 OUTPUT_ROOTS = ("figures", "metrics", "paper/tables", "data/analysis")
 # Exceptions raised inside a notebook that report a user's mistake (exit code 2, as outside one).
-USER_ERROR_NAMES = {"ConfigError", "GuidanceSpecError", "GuidanceError", "EditError", "FamilyError", "ValueError",
-                    "FileNotFoundError", "MissingDataError", "MissingWeightsError", "ManifestMismatchError",
-                    "IncompleteOutputError", "VBenchEnvironmentError"}
+USER_ERROR_NAMES = {
+    "ConfigError",
+    "GuidanceSpecError",
+    "GuidanceError",
+    "EditError",
+    "FamilyError",
+    "ValueError",
+    "FileNotFoundError",
+    "MissingDataError",
+    "MissingWeightsError",
+    "ManifestMismatchError",
+    "IncompleteOutputError",
+    "VBenchEnvironmentError",
+}
 
 
 class NotebookFailed(RuntimeError):
@@ -44,16 +55,22 @@ class NotebookFailed(RuntimeError):
         self.user_error = user_error
 
 
-def stage_parameters(stage: str | None, params: dict, overrides: dict[str, Any] | None = None,
-                     params_file: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+def stage_parameters(
+    stage: str | None,
+    params: dict,
+    overrides: dict[str, Any] | None = None,
+    params_file: str | os.PathLike = "params.yaml",
+) -> dict[str, Any]:
     """The notebook parameters of `stage`: the profile, the stage's own section, `overrides` (-p), and
     `params_file`. The profile they name and its guidance specs are validated here, before any work."""
     out: dict[str, Any] = {"profile": params.get("profile")}
     if stage is not None:
         section = params.get(stage)
         if section is None:
-            raise ConfigError(f"stage {stage!r} has no section in params.yaml; sections: "
-                              f"{sorted(k for k in params if k not in ('profile', 'profiles'))}")
+            raise ConfigError(
+                f"stage {stage!r} has no section in params.yaml; sections: "
+                f"{sorted(k for k in params if k not in ('profile', 'profiles'))}"
+            )
         if not isinstance(section, dict):
             raise ConfigError(f"params {stage}: expected a mapping of notebook parameters, got {section!r}")
         out.update(section)
@@ -67,8 +84,12 @@ def check_profile_specs(profile: str | None, params: dict, specs: Any = None) ->
     """The profile and the guidance specs a run will use (`specs`, default all of the profile's)."""
     prof = load_profile(profile, params)
     if specs is not None and (isinstance(specs, str) or not isinstance(specs, list)):
-        raise ConfigError(f"specs={specs!r} is not allowed; allowed: null (every spec of the profile) or a list of names")
-    names = list(prof.extra.get("guidance") or {}) if specs is None else [s for s in specs if s not in ("baseline", "none")]
+        raise ConfigError(
+            f"specs={specs!r} is not allowed; allowed: null (every spec of the profile) or a list of names"
+        )
+    names = (
+        list(prof.extra.get("guidance") or {}) if specs is None else [s for s in specs if s not in ("baseline", "none")]
+    )
     if names:
         from .render import check_against_config, guidance_spec  # imports torch: only when there is a spec to check
 
@@ -85,7 +106,13 @@ def _check_declared(notebook_path: Path, source: Path, parameters: dict[str, Any
         raise ConfigError(f"{source}: no parameter(s) {unknown}; the notebook's parameters: {', '.join(declared)}")
 
 
-def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameters: dict[str, Any], cwd: str | os.PathLike = ".", progress: bool = False) -> Path:
+def run_notebook(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    parameters: dict[str, Any],
+    cwd: str | os.PathLike = ".",
+    progress: bool = False,
+) -> Path:
     """Execute `source` (.py, percent format) with `parameters`; write the executed notebook to `output`."""
     import jupytext
     import papermill
@@ -106,13 +133,21 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
         partial = Path(tmp) / "executed.ipynb"
         try:
             papermill.execute_notebook(
-                str(src_nb), str(partial), parameters=parameters, cwd=str(cwd), kernel_name="python3", progress_bar=progress,
+                str(src_nb),
+                str(partial),
+                parameters=parameters,
+                cwd=str(cwd),
+                kernel_name="python3",
+                progress_bar=progress,
                 # Stream the cells' output (per-sample progress bars, summaries) to the console while they run.
-                log_output=progress, stdout_file=sys.stdout if progress else None, stderr_file=sys.stderr if progress else None,
+                log_output=progress,
+                stdout_file=sys.stdout if progress else None,
+                stderr_file=sys.stderr if progress else None,
             )
         except PapermillExecutionError as err:
-            raise NotebookFailed(f"{source}, cell {err.exec_count}: {err.ename}: {err.evalue}",
-                                 user_error=err.ename in USER_ERROR_NAMES) from err
+            raise NotebookFailed(
+                f"{source}, cell {err.exec_count}: {err.ename}: {err.evalue}", user_error=err.ename in USER_ERROR_NAMES
+            ) from err
         write_bytes_atomic(output, partial.read_bytes())  # the temporary folder may be on another filesystem
     return output
 
@@ -127,12 +162,15 @@ def written_since(start: float, roots: tuple[str, ...] = OUTPUT_ROOTS) -> list[P
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ditguide.notebook", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ditguide.notebook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("source", help="notebook .py (jupytext percent format)")
     ap.add_argument("--stage", help="params.yaml section whose keys become parameters")
     ap.add_argument("--params", default="params.yaml", help="parameter file (profiles, specs and the stage's section)")
-    ap.add_argument("-p", "--set", nargs=2, action="append", default=[], metavar=("NAME", "YAML_VALUE"), help="override a parameter")
+    ap.add_argument(
+        "-p", "--set", nargs=2, action="append", default=[], metavar=("NAME", "YAML_VALUE"), help="override a parameter"
+    )
     ap.add_argument("--output", help="executed notebook path (default notebooks/executed/<name>.ipynb)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)

@@ -94,8 +94,13 @@ def _encode_negative(pipe: Any, driver: Driver, negative_prompt: str | list[str]
         return {"negative_prompt_embeds": pe, "negative_pooled_prompt_embeds": pooled}
     if driver.family == "sd3":
         pe, _, pooled, _ = pipe.encode_prompt(
-            prompt=texts, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=n,
-            do_classifier_free_guidance=False, **msl,
+            prompt=texts,
+            prompt_2=None,
+            prompt_3=None,
+            device=device,
+            num_images_per_prompt=n,
+            do_classifier_free_guidance=False,
+            **msl,
         )
         return {"negative_prompt_embeds": pe, "negative_pooled_prompt_embeds": pooled}
     if driver.family == "cogview4":
@@ -253,45 +258,72 @@ def tiny_pipeline(family: str, seed: int = 0):
             from diffusers import FluxPipeline
 
             scheduler = FlowMatchEulerDiscreteScheduler(
-                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                base_image_seq_len=256, max_image_seq_len=4096,
+                shift=3.0,
+                use_dynamic_shifting=True,
+                base_shift=0.5,
+                max_shift=1.15,
+                base_image_seq_len=256,
+                max_image_seq_len=4096,
             )
             pipe = FluxPipeline(
-                scheduler=scheduler, vae=_tiny_vae(1, 1), text_encoder=None, tokenizer=None,
-                text_encoder_2=None, tokenizer_2=None, transformer=tiny_transformer("flux", seed),
+                scheduler=scheduler,
+                vae=_tiny_vae(1, 1),
+                text_encoder=None,
+                tokenizer=None,
+                text_encoder_2=None,
+                tokenizer_2=None,
+                transformer=tiny_transformer("flux", seed),
             )
         elif family == "cogview4":
             from diffusers import CogView4Pipeline
 
             scheduler = FlowMatchEulerDiscreteScheduler(
-                base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True,
+                base_shift=0.25,
+                max_shift=0.75,
+                base_image_seq_len=256,
+                use_dynamic_shifting=True,
                 time_shift_type="linear",
             )
             pipe = CogView4Pipeline(
-                tokenizer=None, text_encoder=None, vae=_tiny_vae(4, 2),
-                transformer=tiny_transformer("cogview4", seed), scheduler=scheduler,
+                tokenizer=None,
+                text_encoder=None,
+                vae=_tiny_vae(4, 2),
+                transformer=tiny_transformer("cogview4", seed),
+                scheduler=scheduler,
             )
         elif family == "wan":
             from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 
             vae = AutoencoderKLWan(
-                base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                base_dim=3,
+                z_dim=16,
+                dim_mult=[1, 1, 1, 1],
+                num_res_blocks=1,
                 temperal_downsample=[False, True, True],
             ).eval()
             scheduler = UniPCMultistepScheduler(
                 prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
             )
             pipe = WanPipeline(
-                tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler,
+                tokenizer=None,
+                text_encoder=None,
+                vae=vae,
+                scheduler=scheduler,
                 transformer=tiny_transformer("wan", seed),
             )
         elif family == "sd3":
             from diffusers import StableDiffusion3Pipeline
 
             pipe = StableDiffusion3Pipeline(
-                transformer=tiny_transformer("sd3", seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                vae=_tiny_vae(4, 1), text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                text_encoder_3=None, tokenizer_3=None,
+                transformer=tiny_transformer("sd3", seed),
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=_tiny_vae(4, 1),
+                text_encoder=None,
+                tokenizer=None,
+                text_encoder_2=None,
+                tokenizer_2=None,
+                text_encoder_3=None,
+                tokenizer_3=None,
             )
         elif family == "toy":
             from .toy.pipeline import ToyPipeline
@@ -327,5 +359,14 @@ def tiny_prompts(family: str, batch: int = 1, seed: int = 0, *, text_tokens: int
 
 def native_cfg_call(family: str, scale: float) -> dict[str, float]:
     """The pipeline arguments that switch on its own CFG at `scale` (for comparisons)."""
-    return {DRIVERS[{"flux": "FluxPipeline", "cogview4": "CogView4Pipeline", "wan": "WanPipeline",
-                     "sd3": "StableDiffusion3Pipeline", "toy": "ToyPipeline"}[family]].cfg_arg: scale}
+    return {
+        DRIVERS[
+            {
+                "flux": "FluxPipeline",
+                "cogview4": "CogView4Pipeline",
+                "wan": "WanPipeline",
+                "sd3": "StableDiffusion3Pipeline",
+                "toy": "ToyPipeline",
+            }[family]
+        ].cfg_arg: scale
+    }

@@ -34,13 +34,20 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cogview4": ("cogview4", "CogView4-6B (28 blocks)", dict(num_layers=28)),
     "wan": ("wan", "Wan2.1-T2V-1.3B (30 blocks)", dict(num_layers=30)),
     "sd3": ("sd3", "SD3.5-medium (24 blocks)", dict(num_layers=24, dual_attention_layers=tuple(range(13)))),
-    "scenes": ("flux", "the glyph-scene testbed (2 double + 10 single blocks)", dict(num_layers=2, num_single_layers=10)),
+    "scenes": (
+        "flux",
+        "the glyph-scene testbed (2 double + 10 single blocks)",
+        dict(num_layers=2, num_single_layers=10),
+    ),
     "toy": ("toy", "the digit toy (2 double + 4 single blocks)", dict(num_layers=2, num_single_layers=4)),
 }
 STEPS = 50
 SPATIAL_PREDICTIONS = ("cogview4", "sd3")  # families whose transformer predicts (B, C, H, W) (fdg's input)
 MEASURED = {"toy": "metrics/t2i_toy.json"}
-START, END = "<!-- preset-table:start (generated: python -m ditguide.preset_table --write) -->", "<!-- preset-table:end -->"
+START, END = (
+    "<!-- preset-table:start (generated: python -m ditguide.preset_table --write) -->",
+    "<!-- preset-table:end -->",
+)
 
 
 def family_model(key: str) -> torch.nn.Module:
@@ -145,8 +152,10 @@ def _measured(key: str, name: str, root: Path) -> str:
     else:
         scales = f"cfg {m['cfg_scale']:g}"
     none = methods["none"]
-    return (f"toy FD {m['fd']:.2f} (unguided {none['fd']:.2f}), accuracy {m['accuracy']:.3f} (unguided "
-            f"{none['accuracy']:.3f}) at the toy's setting ({scales}; {m['count']} samples, one set: no interval)")
+    return (
+        f"toy FD {m['fd']:.2f} (unguided {none['fd']:.2f}), accuracy {m['accuracy']:.3f} (unguided "
+        f"{none['accuracy']:.3f}) at the toy's setting ({scales}; {m['count']} samples, one set: no interval)"
+    )
 
 
 def preset_rows(key: str, root: str | Path = ".") -> list[list[str]]:
@@ -163,17 +172,35 @@ def preset_rows(key: str, root: str | Path = ".") -> list[list[str]]:
             blocks, cost = f"{_blocks(spec)} — not in this model ({first}); pass blocks=", "–"
         if name == "fdg" and key not in SPATIAL_PREDICTIONS:
             cost = "– (fdg needs (batch, channels, height, width) predictions; this family's are not)"
-        rows.append([f"`{name}`", PRESETS[name]["formula"], blocks, _scale(spec), _window(spec), cost,
-                     _measured(key, name, Path(root))])
+        rows.append(
+            [
+                f"`{name}`",
+                PRESETS[name]["formula"],
+                blocks,
+                _scale(spec),
+                _window(spec),
+                cost,
+                _measured(key, name, Path(root)),
+            ]
+        )
     return rows
 
 
 def preset_table(key: str, root: str | Path = ".") -> str:
     model = family_model(key)
-    head = (f"**{key}**: {FAMILY_MODELS[key][1]}; valid blocks {_short_ranges(model)}; "
-            f"{len(get_family(model).blocks(model))} block evaluations = 1 NFE\n\n")
-    cols = ["preset", "formula", "default blocks (branch: edits)", "scale", "window", "block evals / step",
-            "measured effect"]
+    head = (
+        f"**{key}**: {FAMILY_MODELS[key][1]}; valid blocks {_short_ranges(model)}; "
+        f"{len(get_family(model).blocks(model))} block evaluations = 1 NFE\n\n"
+    )
+    cols = [
+        "preset",
+        "formula",
+        "default blocks (branch: edits)",
+        "scale",
+        "window",
+        "block evals / step",
+        "measured effect",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in preset_rows(key, root)]
     return head + "\n".join(lines) + "\n"

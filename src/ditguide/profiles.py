@@ -124,9 +124,24 @@ def load_profile(name: str | None = None, params: dict | str | os.PathLike = DEF
         # WanPipeline rounds other counts (its VAE compresses 4 frames into one): the videos would not
         # have the frame count the manifest records.
         _check(raw["num_frames"] % 4 == 1, f"{where}.num_frames", raw["num_frames"], "4k + 1 frames (5, 9, ..., 81)")
-    _check(isinstance(raw.get("prompt_extension", False), bool), f"{where}.prompt_extension", raw.get("prompt_extension"), "true or false")
-    _check(isinstance(raw.get("negative_prompt", ""), str), f"{where}.negative_prompt", raw.get("negative_prompt"), "a string")
-    _check(isinstance(raw["model"], str) and raw["model"].strip() != "", f"{where}.model", raw["model"], "a folder or a model-hub id")
+    _check(
+        isinstance(raw.get("prompt_extension", False), bool),
+        f"{where}.prompt_extension",
+        raw.get("prompt_extension"),
+        "true or false",
+    )
+    _check(
+        isinstance(raw.get("negative_prompt", ""), str),
+        f"{where}.negative_prompt",
+        raw.get("negative_prompt"),
+        "a string",
+    )
+    _check(
+        isinstance(raw["model"], str) and raw["model"].strip() != "",
+        f"{where}.model",
+        raw["model"],
+        "a folder or a model-hub id",
+    )
     extra = {k: raw.pop(k) for k in list(raw) if k not in known}
     return Profile(name=name, extra=extra, **raw)
 
@@ -140,14 +155,20 @@ def _check_guidance_names(specs: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a mapping {{name: spec}}, got {specs!r}")
     for spec_name, entry in specs.items():
         if not isinstance(spec_name, str) or not SPEC_NAME.fullmatch(spec_name):
-            raise ConfigError(f"{where}: spec name {spec_name!r} is not allowed; allowed: letters, digits, _ . + - "
-                              "(it names a folder under runs/)")
+            raise ConfigError(
+                f"{where}: spec name {spec_name!r} is not allowed; allowed: letters, digits, _ . + - "
+                "(it names a folder under runs/)"
+            )
         if spec_name in RESERVED_SPEC_NAMES or spec_name.startswith("cfg@"):
-            raise ConfigError(f"{where}.{spec_name}: the name is reserved for a built-in method "
-                              f"({', '.join(RESERVED_SPEC_NAMES)}, cfg@<scale>); choose another name")
+            raise ConfigError(
+                f"{where}.{spec_name}: the name is reserved for a built-in method "
+                f"({', '.join(RESERVED_SPEC_NAMES)}, cfg@<scale>); choose another name"
+            )
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}.{spec_name}: expected a mapping, {{preset: NAME, ...overrides}} or a full "
-                              f"guidance spec, got {entry!r}")
+            raise ConfigError(
+                f"{where}.{spec_name}: expected a mapping, {{preset: NAME, ...overrides}} or a full "
+                f"guidance spec, got {entry!r}"
+            )
 
 
 def resolve_local_model(profile: Profile, root: str | os.PathLike = ".") -> Path:
@@ -167,14 +188,18 @@ def check_trained_size(profile: Profile, model_dir: Path) -> None:
     log = model_dir / "train_log.json"
     size = json.loads(log.read_text(encoding="utf-8")).get("image_size") if log.is_file() else None
     if size is not None and (profile.height, profile.width) != (size, size):
-        raise ConfigError(f"profiles.{profile.name}.height/width = {profile.height}x{profile.width} is not allowed; "
-                          f"allowed: {size}x{size}, the size {model_dir} was trained at")
+        raise ConfigError(
+            f"profiles.{profile.name}.height/width = {profile.height}x{profile.width} is not allowed; "
+            f"allowed: {size}x{size}, the size {model_dir} was trained at"
+        )
 
 
 def download_hint(profile: Profile) -> str:
     """How a user gets a hub model's files onto this machine."""
-    return (f"Download it on a machine with internet: `hf download {profile.model}` "
-            "(FLUX.1-dev needs its licence accepted and HF_TOKEN set), then copy the hub cache (~/.cache/huggingface) here.")
+    return (
+        f"Download it on a machine with internet: `hf download {profile.model}` "
+        "(FLUX.1-dev needs its licence accepted and HF_TOKEN set), then copy the hub cache (~/.cache/huggingface) here."
+    )
 
 
 def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike = "."):
@@ -201,14 +226,23 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
         from .tiny_text import tiny_text_pipeline
 
         tiny = profile.model.removeprefix("tiny:")
-        _check(tiny == profile.family and tiny in TINY_TEXT_FAMILIES, f"profiles.{profile.name}.model", profile.model,
-               f"tiny:<family> with the profile's family; tiny text pipelines exist for {', '.join(TINY_TEXT_FAMILIES)}")
+        _check(
+            tiny == profile.family and tiny in TINY_TEXT_FAMILIES,
+            f"profiles.{profile.name}.model",
+            profile.model,
+            f"tiny:<family> with the profile's family; tiny text pipelines exist for {', '.join(TINY_TEXT_FAMILIES)}",
+        )
         pipe = tiny_text_pipeline(tiny).to(device)  # built in float32
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
     import diffusers
 
-    cls = {"flux": "FluxPipeline", "cogview4": "CogView4Pipeline", "wan": "WanPipeline", "sd3": "StableDiffusion3Pipeline"}[profile.family]
+    cls = {
+        "flux": "FluxPipeline",
+        "cogview4": "CogView4Pipeline",
+        "wan": "WanPipeline",
+        "sd3": "StableDiffusion3Pipeline",
+    }[profile.family]
     try:
         kwargs = {"dtype": dtype}
         if profile.family == "wan":

@@ -30,8 +30,17 @@ class PipelineRenderer:
     the block evaluations of the last batch.
     """
 
-    def __init__(self, profile: Profile, pipe, *, cfg_scale: float | None = None, guidance=None,
-                 base_seed: int = 0, steps: int | None = None, mode: str = "sequential"):
+    def __init__(
+        self,
+        profile: Profile,
+        pipe,
+        *,
+        cfg_scale: float | None = None,
+        guidance=None,
+        base_seed: int = 0,
+        steps: int | None = None,
+        mode: str = "sequential",
+    ):
         self.profile = profile
         self.pipe = pipe
         self.cfg_scale = profile.cfg_scale if cfg_scale is None else float(cfg_scale)
@@ -84,9 +93,19 @@ class PipelineRenderer:
     def _call_kwargs(self, indices: Sequence[int]) -> dict:
         p = self.profile
         if p.family == "toy":
-            return {"indices": list(indices), "base_seed": self.base_seed, "guidance_scale": self.cfg_scale,
-                    "height": p.height, "width": p.width}
-        kwargs = {"generator": sample_generators(indices, self.base_seed), "height": p.height, "width": p.width, "output_type": "np"}
+            return {
+                "indices": list(indices),
+                "base_seed": self.base_seed,
+                "guidance_scale": self.cfg_scale,
+                "height": p.height,
+                "width": p.width,
+            }
+        kwargs = {
+            "generator": sample_generators(indices, self.base_seed),
+            "height": p.height,
+            "width": p.width,
+            "output_type": "np",
+        }
         if p.family == "flux":
             kwargs["true_cfg_scale"] = self.cfg_scale
             kwargs["guidance_scale"] = p.distilled_guidance if p.distilled_guidance is not None else 3.5
@@ -126,8 +145,9 @@ class PipelineRenderer:
             from .pipelines import driver_for, run_guided
 
             kwargs.pop(driver_for(self.pipe).cfg_arg, None)  # the spec holds the guidance
-            out, self.last_cost = run_guided(self.pipe, self.guidance, mode=self.mode, prompt=list(prompts),
-                                             num_inference_steps=self.steps, **kwargs)
+            out, self.last_cost = run_guided(
+                self.pipe, self.guidance, mode=self.mode, prompt=list(prompts), num_inference_steps=self.steps, **kwargs
+            )
         frames = out.frames if hasattr(out, "frames") else out.images
         frames = np.asarray(frames)
         if self.profile.family == "toy" and frames.ndim == 3:  # (B, H, W) grey digits -> (B, H, W, 3)
@@ -164,12 +184,16 @@ def guidance_spec(profile: Profile, name: str):
 
     specs = profile.extra.get("guidance") or {}
     if name not in specs:
-        raise ConfigError(f"spec={name!r} is not a guidance spec of profile {profile.name!r}; allowed: "
-                          f"{', '.join(['baseline', 'none', *sorted(specs)])}")
+        raise ConfigError(
+            f"spec={name!r} is not a guidance spec of profile {profile.name!r}; allowed: "
+            f"{', '.join(['baseline', 'none', *sorted(specs)])}"
+        )
     entry = specs[name]
     where = f"profiles.{profile.name}.guidance.{name}"
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected a mapping, {{preset: NAME, ...overrides}} or a full guidance spec, got {entry!r}")
+        raise ConfigError(
+            f"{where}: expected a mapping, {{preset: NAME, ...overrides}} or a full guidance spec, got {entry!r}"
+        )
     entry = dict(entry)
     try:
         d = preset(entry.pop("preset"), **entry) if "preset" in entry else entry
@@ -182,9 +206,13 @@ def guidance_spec(profile: Profile, name: str):
 
 
 # The transformer class of each family's pipeline (its `transformer` component).
-TRANSFORMER_CLASSES = {"toy": "FluxTransformer2DModel", "flux": "FluxTransformer2DModel",
-                       "cogview4": "CogView4Transformer2DModel", "wan": "WanTransformer3DModel",
-                       "sd3": "SD3Transformer2DModel"}
+TRANSFORMER_CLASSES = {
+    "toy": "FluxTransformer2DModel",
+    "flux": "FluxTransformer2DModel",
+    "cogview4": "CogView4Transformer2DModel",
+    "wan": "WanTransformer3DModel",
+    "sd3": "SD3Transformer2DModel",
+}
 
 
 def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -215,9 +243,12 @@ def model_skeleton(profile: Profile, root=".") -> tuple[torch.nn.Module, torch.n
         raise FileNotFoundError(
             f"profiles.{profile.name}.model: no transformer config for {profile.model!r} "
             f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}). "
-            + download_hint(profile)) from None
+            + download_hint(profile)
+        ) from None
     name = config.get("_class_name")
-    cls = getattr(diffusers, name if isinstance(name, str) and hasattr(diffusers, name) else TRANSFORMER_CLASSES[profile.family])
+    cls = getattr(
+        diffusers, name if isinstance(name, str) and hasattr(diffusers, name) else TRANSFORMER_CLASSES[profile.family]
+    )
     with torch.device("meta"):
         transformer = cls.from_config(config)
     return transformer, _toy_prompt_encoder(Path(source)) if profile.is_local else None
@@ -260,8 +291,16 @@ def check_against_config(profile: Profile, specs: dict | None = None, prompts: S
         encoder.tokenize(list(prompts))
 
 
-def load_renderer(profile: str | None = None, spec: str | None = None, params_path="params.yaml", *,
-                  device: str | None = None, base_seed: int = 0, pipe=None, prompts: Sequence[str] = ()) -> PipelineRenderer:
+def load_renderer(
+    profile: str | None = None,
+    spec: str | None = None,
+    params_path="params.yaml",
+    *,
+    device: str | None = None,
+    base_seed: int = 0,
+    pipe=None,
+    prompts: Sequence[str] = (),
+) -> PipelineRenderer:
     """The renderer `python -m ditguide.generate` uses.
 
     spec: None or "baseline" = the profile's default sampling (its own CFG at cfg_scale); "none" =

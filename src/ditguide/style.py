@@ -63,8 +63,13 @@ def save_figure(fig, path: str | os.PathLike, also_png: bool = True) -> Path:
     """Save `fig` as PDF without timestamps (byte-identical across reruns), plus a PNG preview."""
     path = Path(path).with_suffix(".pdf")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="pdf", bbox_inches="tight", pad_inches=0.02,
-                    metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+        fig.savefig(
+            tmp,
+            format="pdf",
+            bbox_inches="tight",
+            pad_inches=0.02,
+            metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
+        )
     if also_png:
         with atomic_path(path.with_suffix(".png")) as tmp:
             fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.02, metadata={"Software": None})

@@ -52,7 +52,9 @@ def tiny_tokenizer(kind: str):
     if kind not in TEMPLATES:
         raise ValueError(f"kind={kind!r} is not allowed; allowed: {', '.join(TEMPLATES)}")
     vocab = vocabulary()
-    tok = Tokenizer(models.WordPiece(vocab, unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=200))
+    tok = Tokenizer(
+        models.WordPiece(vocab, unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=200)
+    )
     tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")
@@ -60,7 +62,11 @@ def tiny_tokenizer(kind: str):
         single=TEMPLATES[kind], special_tokens=[(t, vocab[t]) for t in (BOS, EOS)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
         model_max_length=MAX_LENGTH[kind],
         # GLM-4 pads on the left; CogView4 then prepends its own pad tokens to a multiple of 16.
         padding_side="left" if kind == "glm" else "right",
@@ -79,18 +85,46 @@ def tiny_text_encoder(kind: str, seed: int = 0) -> torch.nn.Module:
 
     n = len(vocabulary())
     ids = _ids()
-    t5_like = dict(vocab_size=n, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, decoder_start_token_id=ids["pad_token_id"], **ids)
+    t5_like = dict(
+        vocab_size=n,
+        d_model=TEXT_DIM,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=ids["pad_token_id"],
+        **ids,
+    )
     builders = {
         # eos_token_id != 2: CLIP pools at the first EOS token (the legacy id 2 means "argmax of the ids").
-        "clip": lambda: tf.CLIPTextModel(tf.CLIPTextConfig(
-            vocab_size=n, hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=MAX_LENGTH["clip"], projection_dim=TEXT_DIM, **ids)),
+        "clip": lambda: tf.CLIPTextModel(
+            tf.CLIPTextConfig(
+                vocab_size=n,
+                hidden_size=TEXT_DIM,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=MAX_LENGTH["clip"],
+                projection_dim=TEXT_DIM,
+                **ids,
+            )
+        ),
         "t5": lambda: tf.T5EncoderModel(tf.T5Config(**t5_like)),
         "umt5": lambda: tf.UMT5EncoderModel(tf.UMT5Config(**t5_like)),
-        "glm": lambda: tf.GlmModel(tf.GlmConfig(
-            vocab_size=n, hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=MAX_LENGTH["glm"], **ids)),
+        "glm": lambda: tf.GlmModel(
+            tf.GlmConfig(
+                vocab_size=n,
+                hidden_size=TEXT_DIM,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=8,
+                max_position_embeddings=MAX_LENGTH["glm"],
+                **ids,
+            )
+        ),
     }
     if kind not in builders:
         raise ValueError(f"kind={kind!r} is not allowed; allowed: {', '.join(builders)}")
@@ -103,8 +137,12 @@ def tiny_text_encoder(kind: str, seed: int = 0) -> torch.nn.Module:
 def tiny_text_components(family: str, seed: int = 0) -> dict:
     """The tokenizer(s) and text encoder(s) of a tiny `family` pipeline, keyed by pipeline argument."""
     if family == "flux":
-        return {"tokenizer": tiny_tokenizer("clip"), "text_encoder": tiny_text_encoder("clip", seed),
-                "tokenizer_2": tiny_tokenizer("t5"), "text_encoder_2": tiny_text_encoder("t5", seed + 1)}
+        return {
+            "tokenizer": tiny_tokenizer("clip"),
+            "text_encoder": tiny_text_encoder("clip", seed),
+            "tokenizer_2": tiny_tokenizer("t5"),
+            "text_encoder_2": tiny_text_encoder("t5", seed + 1),
+        }
     if family == "wan":
         return {"tokenizer": tiny_tokenizer("t5"), "text_encoder": tiny_text_encoder("umt5", seed)}
     if family == "cogview4":

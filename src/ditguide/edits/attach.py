@@ -34,7 +34,9 @@ def _rows_tensor(rows: Sequence[int] | torch.Tensor | None) -> torch.Tensor | No
         return None
     if isinstance(rows, torch.Tensor):
         if rows.dtype == torch.bool or rows.is_floating_point() or rows.dim() > 1:
-            raise EditError(f"parameter 'rows' must be a 1-D tensor of integer row ids, got {rows.dtype} {tuple(rows.shape)}")
+            raise EditError(
+                f"parameter 'rows' must be a 1-D tensor of integer row ids, got {rows.dtype} {tuple(rows.shape)}"
+            )
         ids = rows.detach().to("cpu", torch.long).reshape(-1)
     else:
         rows = list(rows)
@@ -122,7 +124,10 @@ def attach_edits(
                 owner.sites_with_edits.append(site.path)
                 if {"identity", "identity_in_stream", "temperature"} & set(edits):
                     owner.sites_with_sdpa_edits.append(site.path)
-                install(block.get_submodule(site.path), AttentionEditHook(owner, site.path, site.output, site.query_streams, edits))
+                install(
+                    block.get_submodule(site.path),
+                    AttentionEditHook(owner, site.path, site.output, site.query_streams, edits),
+                )
             for site in plan.info.feedforward:
                 streams = plan.feedforward_edits(site)
                 if streams:

@@ -56,8 +56,12 @@ class BlockPlan:
     @property
     def edits_inside(self) -> bool:
         return bool(
-            self.skip_attn or self.skip_cross_attn or self.skip_ff or self.identity_attn_in_stream
-            or self.identity_attn_all_tokens or self.temperature
+            self.skip_attn
+            or self.skip_cross_attn
+            or self.skip_ff
+            or self.identity_attn_in_stream
+            or self.identity_attn_all_tokens
+            or self.temperature
         )
 
     def attention_edits(self, site: AttentionSite) -> dict:
@@ -126,8 +130,7 @@ def _streams_of(edit: BlockEdit, family: Family, info: BlockInfo) -> tuple[str, 
         if s not in family.streams:
             raise EditError(
                 f"{edit.op} on block {info.address}: parameter 'streams' names {s!r}, but family "
-                f"'{family.name}' has streams {family.streams}"
-                + (f" ({info.note})" if info.note else "")
+                f"'{family.name}' has streams {family.streams}" + (f" ({info.note})" if info.note else "")
             )
         if s not in info.streams:
             raise EditError(
@@ -160,7 +163,9 @@ def _add_to_plan(plan: BlockPlan, edit: BlockEdit, streams: tuple[str, ...], blo
     for s in streams:
         sites = _sites_for(edit, info, s)
         if not sites:
-            what = {"skip_ff": "feed-forward", "skip_cross_attn": "cross-attention"}.get(edit.op, "self/joint attention")
+            what = {"skip_ff": "feed-forward", "skip_cross_attn": "cross-attention"}.get(
+                edit.op, "self/joint attention"
+            )
             available = sorted({t for site in _all_sites(edit, info) for t in _site_streams(edit, site)})
             raise EditError(
                 f"{edit.op} on block {info.address}: no {what} acts on stream {s!r} in this block "

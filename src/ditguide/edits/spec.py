@@ -232,8 +232,10 @@ def _parse_block_ref(ref: str, text: str) -> BlockRef:
             raise EditError(f"edit {text!r}: block {ref!r} is negative; a block is a global int >= 0 or 'list:index'")
         return value
     if not _BLOCK_ADDRESS_RE.fullmatch(ref):
-        raise EditError(f"edit {text!r}: block {ref!r} is not a block; write a global int >= 0, 'list:index' "
-                        "(e.g. 'single:3') or 'attribute.index', separated by single commas")
+        raise EditError(
+            f"edit {text!r}: block {ref!r} is not a block; write a global int >= 0, 'list:index' "
+            "(e.g. 'single:3') or 'attribute.index', separated by single commas"
+        )
     return ref
 
 
@@ -316,4 +318,3 @@ class EditSpec:
 
     def __str__(self) -> str:
         return self.to_string() or "<no edit>"
-

@@ -1,9 +1,9 @@
 """Model-family adapters: where the blocks are, how they return their streams, what is inside.
 
-    from ditguide.families import get_family, FAMILIES
-    fam = get_family(model)            # dispatched by model class
-    fam = get_family("toy")            # by name; "toy" is an alias of the Flux adapter
-    fam.resolve(model, "single:3")     # -> global block index
+from ditguide.families import get_family, FAMILIES
+fam = get_family(model)            # dispatched by model class
+fam = get_family("toy")            # by name; "toy" is an alias of the Flux adapter
+fam.resolve(model, "single:3")     # -> global block index
 """
 
 from __future__ import annotations

@@ -183,8 +183,7 @@ class Family:
         if isinstance(ref, int):
             if not 0 <= ref < total:
                 raise FamilyError(
-                    f"block index {ref} out of range: this {self.name} model has {total} blocks "
-                    f"({self.ranges(model)})"
+                    f"block index {ref} out of range: this {self.name} model has {total} blocks ({self.ranges(model)})"
                 )
             return ref
         m = ADDRESS_RE.match(ref.strip())
@@ -200,8 +199,7 @@ class Family:
             if (sep == ":" and name == short) or (sep == "." and name == attr):
                 if local >= n:
                     raise FamilyError(
-                        f"block reference {ref!r} out of range: '{short}' has {n} blocks "
-                        f"(valid: {self.ranges(model)})"
+                        f"block reference {ref!r} out of range: '{short}' has {n} blocks (valid: {self.ranges(model)})"
                     )
                 return start + local
             start += n
@@ -332,9 +330,7 @@ def scatter_rows(parts: Sequence[tuple[torch.Tensor, Any]], batch_size: int) -> 
     """
     first = parts[0][1]
     if isinstance(first, tuple):
-        return tuple(
-            scatter_rows([(pos, out[i]) for pos, out in parts], batch_size) for i in range(len(first))
-        )
+        return tuple(scatter_rows([(pos, out[i]) for pos, out in parts], batch_size) for i in range(len(first)))
     if first is None:
         if any(out is not None for _, out in parts):
             raise FamilyError("row groups returned inconsistent outputs (None in one group, a tensor in another)")
@@ -372,9 +368,7 @@ def run_block_on_rows(
     groups = [(pos, run) for pos, run in groups if pos.numel() > 0]
     covered = torch.cat([pos for pos, _ in groups]) if groups else torch.empty(0, dtype=torch.long)
     if covered.numel() != batch or not torch.equal(covered.sort().values, torch.arange(batch)):
-        raise FamilyError(
-            f"row groups must partition the batch of {batch} rows; got positions {covered.tolist()}"
-        )
+        raise FamilyError(f"row groups must partition the batch of {batch} rows; got positions {covered.tolist()}")
     parts = []
     for positions, run in groups:
         with batch_rows(row_ids.index_select(0, positions)):

@@ -75,8 +75,7 @@ class SD3Family(Family):
             attention=tuple(attention),
             feedforward=tuple(feedforward),
             note=(
-                "this is SD3's last block (context_pre_only): it returns no text stream, so only 'image' "
-                "can be edited"
+                "this is SD3's last block (context_pre_only): it returns no text stream, so only 'image' can be edited"
                 if last
                 else ""
             ),

@@ -139,7 +139,9 @@ def tiny_inputs(family: str, batch_size: int, seed: int = 0, *, dtype: torch.dty
     """
     inputs = _tiny_inputs(family, batch_size, seed)
     if dtype is not None:
-        inputs = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+        inputs = {
+            k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()
+        }
     return inputs
 
 

@@ -52,7 +52,9 @@ def plan_key(index: int, plan) -> list:
     ]
 
 
-def forward_groups(keys: list[str], branches: dict[str, CompiledBranch], mode, alias: dict[str, str]) -> list[list[str]]:
+def forward_groups(
+    keys: list[str], branches: dict[str, CompiledBranch], mode, alias: dict[str, str]
+) -> list[list[str]]:
     """Forward groups of this step's distinct branches. mode: "sequential" (one forward each, donors
     first: within a prompt the branch edited latest can share the most with the others), "batched"
     (one group), or explicit groups of spec branch names."""
@@ -71,8 +73,13 @@ def forward_groups(keys: list[str], branches: dict[str, CompiledBranch], mode, a
     return groups
 
 
-def share_plan(group: list[str], earlier: Sequence[list[str]], earlier_plans: Sequence[dict],
-               branches: dict[str, CompiledBranch], share_prefix: bool = True) -> dict:
+def share_plan(
+    group: list[str],
+    earlier: Sequence[list[str]],
+    earlier_plans: Sequence[dict],
+    branches: dict[str, CompiledBranch],
+    share_prefix: bool = True,
+) -> dict:
     """How a forward shares blocks: within its rows, and (single-branch forwards) with an earlier forward.
 
     within: prompt -> its branches in this forward, edited latest first; at block i the rows of
@@ -113,8 +120,9 @@ def plan_step(groups: list[list[str]], branches: dict[str, CompiledBranch], shar
     return plans
 
 
-def representative_rows(plan: dict, group: list[str], branches: dict[str, CompiledBranch], batch: int,
-                        num_blocks: int) -> dict[int, torch.Tensor]:
+def representative_rows(
+    plan: dict, group: list[str], branches: dict[str, CompiledBranch], batch: int, num_blocks: int
+) -> dict[int, torch.Tensor]:
     """Within-forward sharing as row maps: block index -> for every row of the stacked call, the row
     whose output it takes (itself if it does not share). Blocks with no sharing are absent."""
     out: dict[int, torch.Tensor] = {}

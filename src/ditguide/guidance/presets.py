@@ -221,7 +221,10 @@ PRESETS: dict[str, dict] = {
         "spec": {
             "name": "strong_weak",
             "branches": {
-                "strong": {"prompt": "pos", "edits": {"edits": [{"op": "scale", "blocks": ["single:3"], "alpha": 1.5}]}},
+                "strong": {
+                    "prompt": "pos",
+                    "edits": {"edits": [{"op": "scale", "blocks": ["single:3"], "alpha": 1.5}]},
+                },
                 "weak": {"prompt": "pos", "edits": _edits("skip", ["single:0"])},
             },
             "terms": [
@@ -288,15 +291,29 @@ def preset(
     sigma_data (the EDM data std its window is mapped with, see `edm_sigma_to_flow`).
     """
     if isinstance(name, str) and name.startswith(SELECTED_PREFIX):
-        given = {k: v for k, v in (("scale", scale), ("cfg_scale", cfg_scale), ("blocks", blocks), ("interval", interval),
-                                   ("strong", strong), ("weak", weak)) if v is not None} | params
+        given = {
+            k: v
+            for k, v in (
+                ("scale", scale),
+                ("cfg_scale", cfg_scale),
+                ("blocks", blocks),
+                ("interval", interval),
+                ("strong", strong),
+                ("weak", weak),
+            )
+            if v is not None
+        } | params
         if given:
-            raise GuidanceSpecError(f"preset {name!r}: a selected preset takes no overrides (got {sorted(given)}); "
-                                    "it is used exactly as notebook 02 selected it")
-        return selected_preset(name[len(SELECTED_PREFIX):])
+            raise GuidanceSpecError(
+                f"preset {name!r}: a selected preset takes no overrides (got {sorted(given)}); "
+                "it is used exactly as notebook 02 selected it"
+            )
+        return selected_preset(name[len(SELECTED_PREFIX) :])
     if name not in PRESETS:
-        raise GuidanceSpecError(f"preset name = {name!r}: must be one of {sorted(PRESETS)} or "
-                                f"'{SELECTED_PREFIX}<profile>' (the preset notebook 02 selected)")
+        raise GuidanceSpecError(
+            f"preset name = {name!r}: must be one of {sorted(PRESETS)} or "
+            f"'{SELECTED_PREFIX}<profile>' (the preset notebook 02 selected)"
+        )
     d = copy.deepcopy(PRESETS[name]["spec"])
     terms = d.get("terms", [])
     cfg_like = name in ("cfg", "cfg_zero_star", "apg", "guidance_interval", "slg_weak_negative", "tcfg") + PARAM_PRESETS
@@ -316,8 +333,10 @@ def preset(
         blocks = [blocks]  # one block given bare ("single:1"), as BlockEdit takes it; never split into characters
     if blocks is not None:
         if isinstance(blocks, Mapping) or not isinstance(blocks, Sequence):
-            raise GuidanceSpecError(f"preset {name!r}: blocks = {blocks!r}: must be a block or a list of blocks "
-                                    "(global ints >= 0 or 'list:index', e.g. ['single:1'])")
+            raise GuidanceSpecError(
+                f"preset {name!r}: blocks = {blocks!r}: must be a block or a list of blocks "
+                "(global ints >= 0 or 'list:index', e.g. ['single:1'])"
+            )
         if not perturbed:
             raise GuidanceSpecError(f"preset {name!r}: blocks= does not apply (it has no edited branch)")
         branch = d["branches"][perturbed[0]]
@@ -351,8 +370,10 @@ def selected_preset(profile: str, root: str | None = None) -> dict:
 
     path = Path(SELECTED_ROOT if root is None else root) / str(profile) / "selected.json"
     if not path.is_file():
-        raise GuidanceSpecError(f"preset '{SELECTED_PREFIX}{profile}': {path} does not exist; run the guidance_design "
-                                f"stage for profile {profile!r} (dvc repro guidance_design)")
+        raise GuidanceSpecError(
+            f"preset '{SELECTED_PREFIX}{profile}': {path} does not exist; run the guidance_design "
+            f"stage for profile {profile!r} (dvc repro guidance_design)"
+        )
     try:
         d = json.loads(path.read_text())["spec"]
     except (ValueError, KeyError) as err:

@@ -97,7 +97,6 @@ def delta(plus: torch.Tensor, minus: torch.Tensor, scale: float) -> torch.Tensor
     return (plus - minus) * scale
 
 
-
 # --------------------------------------------------------------------------------------------------
 # The registry: one signature for every rule.
 
@@ -121,8 +120,10 @@ APG_DEFAULTS = {"eta": 0.0, "norm_threshold": 0.0, "momentum": 0.0, "space": "pr
 def _no_params(params: Mapping[str, Any], where: str, rule: str) -> dict:
     if params:
         with_params = sorted(k for k, r in RULES.items() if r.check is not _no_params)
-        raise GuidanceSpecError(f"{where}.params = {dict(params)!r}: rule {rule!r} takes no params (rules with params: "
-                                f"{', '.join(with_params)})")
+        raise GuidanceSpecError(
+            f"{where}.params = {dict(params)!r}: rule {rule!r} takes no params (rules with params: "
+            f"{', '.join(with_params)})"
+        )
     return {}
 
 
@@ -152,7 +153,9 @@ def _apg_rule(cond: torch.Tensor, uncond: torch.Tensor, scale: float, ctx: RuleC
         if sample is None or sigma is None or sigma <= 0:
             raise GuidanceSpecError(f"terms[{ctx.key}].params.space = 'x0' needs the sample and a sigma > 0")
         cond, uncond = sample - sigma * cond, sample - sigma * uncond
-    out, ctx.state[ctx.key] = apg(cond, uncond, scale, p["eta"], p["norm_threshold"], p["momentum"], ctx.state.get(ctx.key))
+    out, ctx.state[ctx.key] = apg(
+        cond, uncond, scale, p["eta"], p["norm_threshold"], p["momentum"], ctx.state.get(ctx.key)
+    )
     if to_x0:
         out = (sample - out) / sigma
     return out
@@ -185,7 +188,9 @@ def magnitude_aware(cond: torch.Tensor, uncond: torch.Tensor, scale: float, alph
     diff = cond - uncond
     # The Frobenius norm over all non-batch dims as a vector norm: what torch.norm computes for diffusers'
     # 3-D predictions; torch.norm itself refuses more than 2 dims (diffusers' guider fails on 4-D/5-D).
-    ratio = torch.linalg.vector_norm(diff, 2, dims, keepdim=True) / torch.linalg.vector_norm(uncond, 2, dims, keepdim=True)
+    ratio = torch.linalg.vector_norm(diff, 2, dims, keepdim=True) / torch.linalg.vector_norm(
+        uncond, 2, dims, keepdim=True
+    )
     return uncond + (1.0 + (scale - 1.0) * torch.exp(-alpha * ratio)) * diff
 
 
@@ -267,21 +272,33 @@ def _alpha_params(params: Mapping[str, Any], where: str, rule: str = "magnitude_
 def _fdg_params(params: Mapping[str, Any], where: str, rule: str = "fdg") -> dict:
     unknown = set(params) - {"low_scales", "parallel_weights"}
     if unknown:
-        raise GuidanceSpecError(f"{where}.params: unknown keys {sorted(unknown)}; fdg allows ['low_scales', 'parallel_weights']")
+        raise GuidanceSpecError(
+            f"{where}.params: unknown keys {sorted(unknown)}; fdg allows ['low_scales', 'parallel_weights']"
+        )
     low = params.get("low_scales", [])
     if isinstance(low, (str, bytes)) or not isinstance(low, (list, tuple)) or not low:
-        raise GuidanceSpecError(f"{where}.params.low_scales = {low!r}: must be a non-empty list of scales, one per "
-                                "lower-frequency level (the term's scale is the highest level's)")
-    low = [check_number(v, f"{where}.params.low_scales[{i}]", lo=0.0, allowed="finite and >= 0") for i, v in enumerate(low)]
+        raise GuidanceSpecError(
+            f"{where}.params.low_scales = {low!r}: must be a non-empty list of scales, one per "
+            "lower-frequency level (the term's scale is the highest level's)"
+        )
+    low = [
+        check_number(v, f"{where}.params.low_scales[{i}]", lo=0.0, allowed="finite and >= 0") for i, v in enumerate(low)
+    ]
     weights = params.get("parallel_weights")
     if weights is not None:
         if isinstance(weights, (int, float)) and not isinstance(weights, bool):
             weights = [weights] * (len(low) + 1)
         if not isinstance(weights, (list, tuple)) or len(weights) != len(low) + 1:
-            raise GuidanceSpecError(f"{where}.params.parallel_weights = {weights!r}: must be null, a number, or a list "
-                                    f"of {len(low) + 1} numbers (one per level)")
-        weights = [check_number(v, f"{where}.params.parallel_weights[{i}]", lo=0.0, allowed="finite and >= 0 (1: CFG's "
-                                "update)") for i, v in enumerate(weights)]
+            raise GuidanceSpecError(
+                f"{where}.params.parallel_weights = {weights!r}: must be null, a number, or a list "
+                f"of {len(low) + 1} numbers (one per level)"
+            )
+        weights = [
+            check_number(
+                v, f"{where}.params.parallel_weights[{i}]", lo=0.0, allowed="finite and >= 0 (1: CFG's update)"
+            )
+            for i, v in enumerate(weights)
+        ]
     return {"low_scales": low, "parallel_weights": weights}
 
 

@@ -165,8 +165,6 @@ class Term:
         return d
 
 
-
-
 def _validate_params(term: Term, where: str) -> dict:
     return RULES[term.rule].check(dict(term.params), where, term.rule)
 

@@ -39,7 +39,13 @@ class MetricResult:
     details: dict = field(default_factory=dict)  # protocol and secondary numbers (std, CI, KID, sub-scores)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better, "n": self.n, "details": self.details}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "higher_is_better": self.higher_is_better,
+            "n": self.n,
+            "details": self.details,
+        }
 
 
 @dataclass(frozen=True)

@@ -61,11 +61,15 @@ class ClipSim:
         import open_clip
 
         if model not in open_clip.list_models():
-            raise ValueError(f"model={model!r} is not an open_clip model; e.g. {DEFAULT_MODEL!r} or 'ViT-L-14' (see open_clip.list_models())")
+            raise ValueError(
+                f"model={model!r} is not an open_clip model; e.g. {DEFAULT_MODEL!r} or 'ViT-L-14' (see open_clip.list_models())"
+            )
         if pretrained is not None and not Path(pretrained).is_file():
             tags = open_clip.list_pretrained_tags_by_model(model)
             if pretrained not in tags:
-                raise ValueError(f"pretrained={pretrained!r} is not a file nor a tag of {model}; allowed tags: {', '.join(tags) or 'none'}")
+                raise ValueError(
+                    f"pretrained={pretrained!r} is not a file nor a tag of {model}; allowed tags: {', '.join(tags) or 'none'}"
+                )
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -83,8 +87,12 @@ class ClipSim:
 
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                self.model_name, pretrained=self.pretrained, device=self.device, precision=self.precision,
-                cache_dir=self.cache_dir, **self.model_kwargs,
+                self.model_name,
+                pretrained=self.pretrained,
+                device=self.device,
+                precision=self.precision,
+                cache_dir=self.cache_dir,
+                **self.model_kwargs,
             )
         except RuntimeError as e:
             if "download" not in str(e).lower() and "not found" not in str(e).lower():
@@ -93,10 +101,10 @@ class ClipSim:
             where = self.cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
             raise MissingWeightsError(
                 f"open_clip weights {self.model_name}/{self.pretrained} are not in the cache ({where}) and could not be "
-                f"downloaded: {e}\nOn a machine with internet run: python -c \"import open_clip; "
+                f'downloaded: {e}\nOn a machine with internet run: python -c "import open_clip; '
                 f"open_clip.create_model_and_transforms('{self.model_name}', pretrained='{self.pretrained}'"
                 + (f", cache_dir='{self.cache_dir}'" if self.cache_dir else "")
-                + f")\" (hub repo {hub or 'n/a'}) and copy the cache here."
+                + f')" (hub repo {hub or "n/a"}) and copy the cache here.'
             ) from e
         model.eval()
         # The model's own context length: model_kwargs may override the config's.
@@ -108,8 +116,10 @@ class ClipSim:
         """Per-sample scores of HxWx3 uint8 images against their prompts."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        out = [self._score_batch(list(images[i : i + self.batch_size]), list(prompts[i : i + self.batch_size]))
-               for i in range(0, len(images), self.batch_size)]
+        out = [
+            self._score_batch(list(images[i : i + self.batch_size]), list(prompts[i : i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros(0)
 
     def _score_batch(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
@@ -117,7 +127,9 @@ class ClipSim:
         from PIL import Image
 
         model, preprocess, tokenizer = self._load()
-        pixels = torch.stack([preprocess(Image.fromarray(np.asarray(a, dtype=np.uint8))) for a in images]).to(self.device)
+        pixels = torch.stack([preprocess(Image.fromarray(np.asarray(a, dtype=np.uint8))) for a in images]).to(
+            self.device
+        )
         tokens = tokenizer(prompts).to(self.device)
         dtype = next(model.parameters()).dtype
         with torch.no_grad():

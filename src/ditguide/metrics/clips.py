@@ -183,7 +183,9 @@ class ClipReading:
     def track(self, colour: int) -> tuple[np.ndarray, np.ndarray]:
         """(frame indices, (n, 2) centroids) of one colour's blob."""
         fs = [f for f in range(len(self.blobs)) if self.blob(f, colour) is not None]
-        return np.array(fs, dtype=np.float64), np.array([self.blob(f, colour).centroid for f in fs], dtype=np.float64).reshape(-1, 2)
+        return np.array(fs, dtype=np.float64), np.array(
+            [self.blob(f, colour).centroid for f in fs], dtype=np.float64
+        ).reshape(-1, 2)
 
 
 def read_clip(video) -> ClipReading:
@@ -214,6 +216,7 @@ def motion_of(v: np.ndarray) -> str:
 
 # --- dimensions of one clip ---------------------------------------------------------------------------
 
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
@@ -240,8 +243,12 @@ def _relation_score(relation: str, a: Blob, b: Blob, iou_threshold: float = 0.1)
     across it, which objects in the two halves of a 16 px canvas need not satisfy). Then 1 if the
     boxes' IoU < 0.1, else 0.1 / IoU, as VBench."""
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
-    first, second = {"left of": ((ax0, ax1), (bx0, bx1)), "right of": ((bx0, bx1), (ax0, ax1)),
-                     "above": ((ay0, ay1), (by0, by1)), "below": ((by0, by1), (ay0, ay1))}[relation]
+    first, second = {
+        "left of": ((ax0, ax1), (bx0, bx1)),
+        "right of": ((bx0, bx1), (ax0, ax1)),
+        "above": ((ay0, ay1), (by0, by1)),
+        "below": ((by0, by1), (ay0, ay1)),
+    }[relation]
     if not (first[0] + first[1] < second[0] + second[1] and first[1] - second[0] <= 1.0):
         return 0.0
     inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
@@ -355,5 +362,8 @@ def vbench_shaped(raw: dict[str, float]) -> dict[str, float]:
     n = vb.normalized_scores({DIMENSIONS[d]: raw[d] for d in DIMENSIONS})
     q = sum(n[DIMENSIONS[d]] for d in QUALITY) / sum(vb.WEIGHTS[DIMENSIONS[d]] for d in QUALITY)
     s = sum(n[DIMENSIONS[d]] for d in SEMANTIC) / sum(vb.WEIGHTS[DIMENSIONS[d]] for d in SEMANTIC)
-    return {"quality": q, "semantic": s,
-            "total": (vb.QUALITY_WEIGHT * q + vb.SEMANTIC_WEIGHT * s) / (vb.QUALITY_WEIGHT + vb.SEMANTIC_WEIGHT)}
+    return {
+        "quality": q,
+        "semantic": s,
+        "total": (vb.QUALITY_WEIGHT * q + vb.SEMANTIC_WEIGHT * s) / (vb.QUALITY_WEIGHT + vb.SEMANTIC_WEIGHT),
+    }

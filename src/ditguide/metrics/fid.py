@@ -42,7 +42,9 @@ class MissingWeightsError(FileNotFoundError):
     """Weights are not on disk and could not be fetched; the message says what to download and where."""
 
 
-def inception_extractor(device: str = "cuda", weights_dir: str | os.PathLike | None = None, *, url: str = INCEPTION_URL):
+def inception_extractor(
+    device: str = "cuda", weights_dir: str | os.PathLike | None = None, *, url: str = INCEPTION_URL
+):
     """clean-fid's Inception-V3 feature extractor (2048-d pool features), fetching its weights once.
 
     The download goes through a temporary file (clean-fid's own downloader writes the final name
@@ -64,7 +66,9 @@ def inception_extractor(device: str = "cuda", weights_dir: str | os.PathLike | N
     try:
         model = InceptionV3W(str(weights_dir), download=False)
     except RuntimeError as e:
-        raise MissingWeightsError(f"{path} is not a loadable torchscript file ({e}); delete it and download {INCEPTION_URL} again") from e
+        raise MissingWeightsError(
+            f"{path} is not a loadable torchscript file ({e}); delete it and download {INCEPTION_URL} again"
+        ) from e
     return model.to(device).eval()
 
 
@@ -166,13 +170,14 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.LANCZOS))
 
 
-
 # ----------------------------------------------------------------------------------------------
 # reference features
 
 
 def reference_images(reference_dir: Path) -> list[Path]:
-    return sorted(p for p in reference_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in reference_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _reference_resolution(reference_dir: Path, resolution: int | None) -> int:
@@ -180,11 +185,15 @@ def _reference_resolution(reference_dir: Path, resolution: int | None) -> int:
     if meta.is_file():
         recorded = int(json.loads(meta.read_text())["resolution"])
         if resolution is not None and resolution != recorded:
-            raise ValueError(f"resolution={resolution} but the reference images in {reference_dir} are {recorded}x{recorded}")
+            raise ValueError(
+                f"resolution={resolution} but the reference images in {reference_dir} are {recorded}x{recorded}"
+            )
         return recorded
     if resolution is None:
-        raise ValueError(f"{reference_dir} has no meta.json, so the size of its images is unknown: prepare it with "
-                         "`python -m ditguide.coco reference --resolution N` (data/README.md)")
+        raise ValueError(
+            f"{reference_dir} has no meta.json, so the size of its images is unknown: prepare it with "
+            "`python -m ditguide.coco reference --resolution N` (data/README.md)"
+        )
     return int(resolution)
 
 
@@ -223,17 +232,30 @@ def cache_reference_features(
         _check_cache(out, images)
         return out
     if len(images) < 2:
-        raise FileNotFoundError(f"{reference_dir} has {len(images)} reference images; FID needs the prepared set (see data/README.md)")
+        raise FileNotFoundError(
+            f"{reference_dir} has {len(images)} reference images; FID needs the prepared set (see data/README.md)"
+        )
     resolution = _reference_resolution(reference_dir, resolution)
     if extractor is None:
         extractor = inception_extractor(device)
     features = image_features(
-        images, extractor, resolution=resolution, batch_size=batch_size, num_workers=num_workers, device=device,
-        description=f"reference {reference_dir.name}", verbose=True,
+        images,
+        extractor,
+        resolution=resolution,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        description=f"reference {reference_dir.name}",
+        verbose=True,
     )
     with atomic_path(out, suffix=".npz") as tmp:  # np.savez adds .npz to any other name
-        np.savez(tmp, features=features.astype(np.float32), files=np.array([p.name for p in images]),
-                 extractor_id=np.array(extractor_id), resolution=np.array(resolution))
+        np.savez(
+            tmp,
+            features=features.astype(np.float32),
+            files=np.array([p.name for p in images]),
+            extractor_id=np.array(extractor_id),
+            resolution=np.array(resolution),
+        )
     return out
 
 
@@ -249,7 +271,9 @@ def _check_cache(cache: Path, images: list[Path]) -> None:
         )
 
 
-def load_reference_features(reference_dir: str | os.PathLike, extractor_id: str = INCEPTION_ID) -> tuple[np.ndarray, int]:
+def load_reference_features(
+    reference_dir: str | os.PathLike, extractor_id: str = INCEPTION_ID
+) -> tuple[np.ndarray, int]:
     """(features (N, D) float64, resolution) from the cache written by `cache_reference_features`."""
     path = features_path(reference_dir, extractor_id)
     if not path.is_file():
@@ -313,8 +337,13 @@ class FID:
             raise ValueError("FID needs at least 2 samples")
         if not features_path(self.reference, self.extractor_id).is_file():
             cache_reference_features(
-                self.reference, extractor=self._extractor(), extractor_id=self.extractor_id, resolution=self.resolution,
-                device=self.device, batch_size=self.batch_size, num_workers=self.num_workers,
+                self.reference,
+                extractor=self._extractor(),
+                extractor_id=self.extractor_id,
+                resolution=self.resolution,
+                device=self.device,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
             )
         else:
             _check_cache(features_path(self.reference, self.extractor_id), reference_images(self.reference))
@@ -322,8 +351,13 @@ class FID:
         if self.resolution is not None and self.resolution != resolution:
             raise ValueError(f"resolution={self.resolution} but the cached reference features are at {resolution}")
         gen = image_features(
-            samples.paths, self._extractor(), resolution=resolution, batch_size=self.batch_size,
-            num_workers=self.num_workers, device=self.device, description="generated",
+            samples.paths,
+            self._extractor(),
+            resolution=resolution,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            description="generated",
         )
         details = {
             "n_generated": len(gen),

@@ -39,7 +39,9 @@ class IncompleteOutputError(UserError, RuntimeError):
 def load_manifest(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no generation manifest at {path}: run `python -m ditguide.generate` for this folder first")
+        raise FileNotFoundError(
+            f"no generation manifest at {path}: run `python -m ditguide.generate` for this folder first"
+        )
     return read_manifest(path)
 
 
@@ -47,8 +49,10 @@ def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ManifestMismatchError(f"{path} is damaged ({type(err).__name__}: {err}); the folder's samples cannot be "
-                                    "attributed to a run: use a new --out folder (or delete this one to start over)") from None
+        raise ManifestMismatchError(
+            f"{path} is damaged ({type(err).__name__}: {err}); the folder's samples cannot be "
+            "attributed to a run: use a new --out folder (or delete this one to start over)"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ManifestMismatchError(f"{path} is not a generation manifest ({MANIFEST_FORMAT}); use a new --out folder")
     return manifest
@@ -68,7 +72,7 @@ def expected_size(manifest: dict) -> dict[str, int] | None:
 
 
 def size_text(frames: int | None, width: int, height: int) -> str:
-    """"WxH", or "T frames of WxH" for a video."""
+    """ "WxH", or "T frames of WxH" for a video."""
     return f"{frames} frames of {width}x{height}" if frames is not None else f"{width}x{height}"
 
 
@@ -99,9 +103,15 @@ def decode_error(path: Path, kind: str, expected: dict[str, int] | None = None) 
         return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:200]
     if expected is not None:
         want_frames = expected.get("frames") if frames is not None else None
-        if (width, height, frames if want_frames is not None else None) != (expected["width"], expected["height"], want_frames):
-            return (f"{size_text(frames, width, height)} {kind}, the run renders "
-                    f"{size_text(want_frames, expected['width'], expected['height'])}")
+        if (width, height, frames if want_frames is not None else None) != (
+            expected["width"],
+            expected["height"],
+            want_frames,
+        ):
+            return (
+                f"{size_text(frames, width, height)} {kind}, the run renders "
+                f"{size_text(want_frames, expected['width'], expected['height'])}"
+            )
     return None
 
 
@@ -141,9 +151,15 @@ def verify(out_dir: str | os.PathLike, n: int | None = None, *, delete_corrupt: 
             first = next(iter(corrupt.items()))
             parts.append(f"{len(corrupt)} corrupt (indices {_short(list(corrupt))}; e.g. {first[0]}: {first[1]})")
         raise IncompleteOutputError(
-            f"{out_dir}: of samples 0..{n - 1}, " + " and ".join(parts) + ". Rerun the same generate command to render them"
-            + ("" if delete_corrupt or not corrupt else " with --repair (python -m ditguide.generate), which renders the corrupt "
-               "files again; or delete them, and a rerun of the command that made them (dvc repro) renders them")
+            f"{out_dir}: of samples 0..{n - 1}, "
+            + " and ".join(parts)
+            + ". Rerun the same generate command to render them"
+            + (
+                ""
+                if delete_corrupt or not corrupt
+                else " with --repair (python -m ditguide.generate), which renders the corrupt "
+                "files again; or delete them, and a rerun of the command that made them (dvc repro) renders them"
+            )
             + ".",
             missing,
             corrupt,

@@ -53,8 +53,10 @@ def read(judge: SceneJudge, images, batch_size: int = 1000) -> dict[str, np.ndar
 def targets(captions) -> dict[str, np.ndarray]:
     """What the judge should read for each caption (slot 1 = -1 for a single glyph)."""
     parsed = [scenes.parse_caption(c) for c in captions]
-    t = {"layout": np.array([scenes.LAYOUTS.index(s.layout) for s in parsed]),
-         "unseen": np.array([s.unseen for s in parsed])}
+    t = {
+        "layout": np.array([scenes.LAYOUTS.index(s.layout) for s in parsed]),
+        "unseen": np.array([s.unseen for s in parsed]),
+    }
     for slot in (0, 1):
         t[f"digit{slot}"] = np.array([s.slots()[slot][0] if slot < len(s.objects) else -1 for s in parsed])
         t[f"colour{slot}"] = np.array([s.slots()[slot][1] if slot < len(s.objects) else -1 for s in parsed])
@@ -72,9 +74,16 @@ def alignment(read_out: dict, captions) -> dict[str, np.ndarray]:
     n_obj = 1 + two
     # (int, not bool: numpy's bool + bool is a logical or)
     digit_obj = ((read_out["digit0"] == t["digit0"]).astype(int) + (two & (read_out["digit1"] == t["digit1"]))) / n_obj
-    colour_obj = ((read_out["colour0"] == t["colour0"]).astype(int) + (two & (read_out["colour1"] == t["colour1"]))) / n_obj
-    return {"digit": digit_obj, "colour": colour_obj, "relation": relation, "all": digit & colour & relation,
-            "unseen": t["unseen"]}
+    colour_obj = (
+        (read_out["colour0"] == t["colour0"]).astype(int) + (two & (read_out["colour1"] == t["colour1"]))
+    ) / n_obj
+    return {
+        "digit": digit_obj,
+        "colour": colour_obj,
+        "relation": relation,
+        "all": digit & colour & relation,
+        "unseen": t["unseen"],
+    }
 
 
 def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
@@ -91,8 +100,10 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS)
     """Kynkäänniemi et al. 2019: precision = share of fakes inside the real k-NN manifold; recall =
     share of reals inside the fake k-NN manifold."""
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} neighbours needs more than {k} samples per set; "
-                         f"got {len(fake)} generated and {len(real)} reference samples")
+        raise ValueError(
+            f"precision/recall with k={k} neighbours needs more than {k} samples per set; "
+            f"got {len(fake)} generated and {len(real)} reference samples"
+        )
     real_r, fake_r = _knn_radii(real, k), _knn_radii(fake, k)
     d = _pairwise(fake, real)  # (fake, real)
     precision = float((d <= real_r[None, :]).any(1).mean())
@@ -105,8 +116,12 @@ def scene_metrics(read_out: dict, captions, reference_features: np.ndarray) -> d
     a = alignment(read_out, captions)
     feats = read_out["features"]
     p, r = precision_recall(reference_features, feats)
-    out = {"fd": float(frechet_distance(*gaussian_stats(feats), *gaussian_stats(reference_features))),
-           "precision": p, "recall": r, "count": int(len(feats))}
+    out = {
+        "fd": float(frechet_distance(*gaussian_stats(feats), *gaussian_stats(reference_features))),
+        "precision": p,
+        "recall": r,
+        "count": int(len(feats)),
+    }
     for key in ("all", "digit", "colour", "relation"):
         out[key] = float(np.mean(a[key]))
     if a["unseen"].any():

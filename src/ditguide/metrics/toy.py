@@ -87,8 +87,12 @@ class ToyJudgeMetric:
         images = np.stack([samples.image(i)[..., 0] for i in range(len(samples))]).astype(np.float32) / 255.0
         labels = np.array([label_of_prompt(p) for p in samples.prompts])
         m = toy_metrics(self.judge, images, labels, self.reference)
-        details = {"clip": m["clip"], "accuracy": m["accuracy"], "judge": "DigitJudge MLP, penultimate 64-d features",
-                   "reference": f"held-out digits ({self.reference.count})"}
+        details = {
+            "clip": m["clip"],
+            "accuracy": m["accuracy"],
+            "judge": "DigitJudge MLP, penultimate 64-d features",
+            "reference": f"held-out digits ({self.reference.count})",
+        }
         return MetricResult(self.name, m["fd"], False, m["count"], details)
 
 

@@ -55,7 +55,9 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_SETUP)
 
 
-def expected_videos(full_info: list[dict], dimensions, videos_dir: Path, videos_per_prompt: int, suffix: str) -> list[Path]:
+def expected_videos(
+    full_info: list[dict], dimensions, videos_dir: Path, videos_per_prompt: int, suffix: str
+) -> list[Path]:
     """The files VBench's standard mode looks for: `{prompt}-{i}{suffix}` for each prompt of the dimensions."""
     wanted: dict[Path, None] = {}
     for entry in full_info:
@@ -76,8 +78,10 @@ def check_videos_folder(videos_dir: Path) -> str:
     suffixes = {Path(n).suffix.lower() for n in names}
     if len(suffixes) != 1 or not suffixes <= set(VIDEO_SUFFIXES):
         others = sorted(n for n in names if Path(n).suffix.lower() not in VIDEO_SUFFIXES)[:5]
-        fail(f"{videos_dir} must hold only videos of one type (found suffixes {sorted(suffixes)}; e.g. {others}); "
-             "VBench's standard mode misreads mixed folders. Point --videos at a generation folder's samples/.")
+        fail(
+            f"{videos_dir} must hold only videos of one type (found suffixes {sorted(suffixes)}; e.g. {others}); "
+            "VBench's standard mode misreads mixed folders. Point --videos at a generation folder's samples/."
+        )
     return suffixes.pop()
 
 
@@ -98,8 +102,10 @@ def ensure_weights(dimension: str, local: bool) -> None:
 
     from vbench.utils import CACHE_DIR, init_submodules
 
-    hint = (f"On a machine with internet run `{sys.executable} {Path(__file__).resolve()} --prefetch --dimensions {dimension}` "
-            f"with VBENCH_CACHE_DIR={CACHE_DIR}, then copy that folder here.")
+    hint = (
+        f"On a machine with internet run `{sys.executable} {Path(__file__).resolve()} --prefetch --dimensions {dimension}` "
+        f"with VBENCH_CACHE_DIR={CACHE_DIR}, then copy that folder here."
+    )
     try:
         submodules = init_submodules([dimension], local=local)
     except (subprocess.CalledProcessError, FileNotFoundError, OSError) as e:
@@ -125,9 +131,15 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-file", default=None, help="custom_input mode: JSON {video path: prompt}")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--videos-per-prompt", type=int, default=5)
-    parser.add_argument("--imaging-quality-preprocessing", default="longer", choices=("longer", "shorter", "shorter_centercrop", "None"))
-    parser.add_argument("--no-local", action="store_true", help="let VBench fetch some models at run time instead of from its cache")
-    parser.add_argument("--prefetch", action="store_true", help="download the dimensions' weights into $VBENCH_CACHE_DIR and exit")
+    parser.add_argument(
+        "--imaging-quality-preprocessing", default="longer", choices=("longer", "shorter", "shorter_centercrop", "None")
+    )
+    parser.add_argument(
+        "--no-local", action="store_true", help="let VBench fetch some models at run time instead of from its cache"
+    )
+    parser.add_argument(
+        "--prefetch", action="store_true", help="download the dimensions' weights into $VBENCH_CACHE_DIR and exit"
+    )
     args = parser.parse_args(argv)
 
     unknown = sorted(set(args.dimensions) - set(DIMENSIONS))
@@ -157,11 +169,15 @@ def main(argv=None) -> int:
             wanted = expected_videos(full_info, args.dimensions, videos_dir, args.videos_per_prompt, suffix)
             missing = [p.name for p in wanted if not p.is_file()]
             if missing:
-                fail(f"{len(missing)} of the {len(wanted)} videos the prompt suite expects are missing from {videos_dir}, "
-                     f"e.g. {missing[:3]}; generate them first (VBench would silently score fewer videos)")
+                fail(
+                    f"{len(missing)} of the {len(wanted)} videos the prompt suite expects are missing from {videos_dir}, "
+                    f"e.g. {missing[:3]}; generate them first (VBench would silently score fewer videos)"
+                )
         else:
             if not args.prompt_file:
-                fail("--mode custom_input needs --prompt-file (JSON {video path: prompt}; ditguide.generate.prompt_map writes it)")
+                fail(
+                    "--mode custom_input needs --prompt-file (JSON {video path: prompt}; ditguide.generate.prompt_map writes it)"
+                )
             prompt_list = json.loads(Path(args.prompt_file).read_text())
 
     import vbench
@@ -173,8 +189,10 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - report every unusable dimension at once
             not_importable[dim] = f"{type(e).__name__}: {e}"
     if not_importable:
-        lines = [f"  {d}: {why}" + (f"  (install detectron2: {DETECTRON2_INSTALL})" if d in NEEDS_DETECTRON2 else "")
-                 for d, why in not_importable.items()]
+        lines = [
+            f"  {d}: {why}" + (f"  (install detectron2: {DETECTRON2_INSTALL})" if d in NEEDS_DETECTRON2 else "")
+            for d, why in not_importable.items()
+        ]
         fail("these dimensions cannot be imported in this environment:\n" + "\n".join(lines))
     local = not args.no_local
     if args.prefetch:
@@ -210,19 +228,22 @@ def main(argv=None) -> int:
         )
         if get_rank() == 0:
             score, video_results = json.loads((work_dir / f"{dim}_eval_results.json").read_text())[dim]
-            write_json_atomic(result_path, {
-                "dimension": dim,
-                "score": float(score),
-                "n_videos": len(video_results),
-                "mode": args.mode,
-                "videos": str(videos_dir),
-                "full_info": str(full_info_path),
-                "device": args.device,
-                "world_size": get_world_size(),
-                "imaging_quality_preprocessing": args.imaging_quality_preprocessing,
-                "vbench_version": getattr(vbench, "__version__", None) or _dist_version("vbench"),
-                "video_results": video_results,
-            })
+            write_json_atomic(
+                result_path,
+                {
+                    "dimension": dim,
+                    "score": float(score),
+                    "n_videos": len(video_results),
+                    "mode": args.mode,
+                    "videos": str(videos_dir),
+                    "full_info": str(full_info_path),
+                    "device": args.device,
+                    "world_size": get_world_size(),
+                    "imaging_quality_preprocessing": args.imaging_quality_preprocessing,
+                    "vbench_version": getattr(vbench, "__version__", None) or _dist_version("vbench"),
+                    "video_results": video_results,
+                },
+            )
             print(f"{dim}: {float(score):.6f} over {len(video_results)} videos -> {result_path}")
         if get_world_size() > 1:
             barrier()

@@ -159,8 +159,11 @@ def vbench_scores(raw: Mapping[str, float]) -> VBenchScores:
     q, s = quality_score(raw), semantic_score(raw)
     _require(raw, DIMENSIONS, "the Total Score")
     return VBenchScores(
-        total=100 * total_from_parts(q, s), quality=100 * q, semantic=100 * s,
-        raw={d: float(raw[d]) for d in DIMENSIONS}, normalized=normalized_scores({d: raw[d] for d in DIMENSIONS}),
+        total=100 * total_from_parts(q, s),
+        quality=100 * q,
+        semantic=100 * s,
+        raw={d: float(raw[d]) for d in DIMENSIONS},
+        normalized=normalized_scores({d: raw[d] for d in DIMENSIONS}),
     )
 
 
@@ -170,7 +173,9 @@ def load_raw_scores(results_dir: str | os.PathLike, dimensions: Sequence[str] = 
     results_dir = Path(results_dir)
     missing = [d for d in dimensions if not (results_dir / f"{d}.json").is_file()]
     if missing:
-        raise FileNotFoundError(f"no VBench results for {', '.join(missing)} in {results_dir}: run run_vbench (vbench_run.py) for them")
+        raise FileNotFoundError(
+            f"no VBench results for {', '.join(missing)} in {results_dir}: run run_vbench (vbench_run.py) for them"
+        )
     out = {}
     for d in dimensions:
         record = json.loads((results_dir / f"{d}.json").read_text())
@@ -219,7 +224,9 @@ def standard_prompt_suite(python: str | os.PathLike | None = None) -> Path:
     python = check_vbench_python(python)
     suites = sorted(python.parent.parent.glob("lib/python3*/site-packages/vbench/VBench_full_info.json"))
     if not suites:
-        raise VBenchEnvironmentError(f"vbench is not installed in {python.parent.parent}: rerun `bash scripts/setup_vbench_env.sh`")
+        raise VBenchEnvironmentError(
+            f"vbench is not installed in {python.parent.parent}: rerun `bash scripts/setup_vbench_env.sh`"
+        )
     return suites[0]
 
 
@@ -256,10 +263,23 @@ def run_vbench(
     if all((Path(results_dir) / f"{d}.json").is_file() for d in dimensions):
         return load_raw_scores(results_dir, dimensions)  # finished earlier: no need to start the VBench env
     python = check_vbench_python(python)
-    launcher = [str(python)] if nproc == 1 else [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    launcher = (
+        [str(python)] if nproc == 1 else [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    )
     cmd = launcher + [
-        str(VBENCH_RUN_SCRIPT), "--videos", str(videos_dir), "--out", str(results_dir), "--device", device,
-        "--mode", mode, "--videos-per-prompt", str(videos_per_prompt), "--dimensions", *dimensions,
+        str(VBENCH_RUN_SCRIPT),
+        "--videos",
+        str(videos_dir),
+        "--out",
+        str(results_dir),
+        "--device",
+        device,
+        "--mode",
+        mode,
+        "--videos-per-prompt",
+        str(videos_per_prompt),
+        "--dimensions",
+        *dimensions,
     ]
     if full_info is not None:
         cmd += ["--full-info", str(full_info)]
@@ -282,18 +302,43 @@ class VBench:
     name = "vbench_total"
     higher_is_better = True
 
-    def __init__(self, results_dir: str | os.PathLike, *, python: str | os.PathLike | None = None, device: str = "cuda",
-                 nproc: int = 1, full_info: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        results_dir: str | os.PathLike,
+        *,
+        python: str | os.PathLike | None = None,
+        device: str = "cuda",
+        nproc: int = 1,
+        full_info: str | os.PathLike | None = None,
+    ):
         if device not in DEVICES:
             raise ValueError(f"device={device!r} is not allowed; allowed: {', '.join(DEVICES)}")
-        self.results_dir, self.python, self.device, self.nproc, self.full_info = Path(results_dir), python, device, nproc, full_info
+        self.results_dir, self.python, self.device, self.nproc, self.full_info = (
+            Path(results_dir),
+            python,
+            device,
+            nproc,
+            full_info,
+        )
 
     def __call__(self, samples: Samples) -> MetricResult:
         if samples.kind != "video" or samples.root is None:
             raise ValueError("VBench judges a folder of videos: pass Samples.from_dir(<generation folder>)")
-        raw = run_vbench(samples.root, self.results_dir, python=self.python, device=self.device, nproc=self.nproc,
-                         full_info=self.full_info)
+        raw = run_vbench(
+            samples.root,
+            self.results_dir,
+            python=self.python,
+            device=self.device,
+            nproc=self.nproc,
+            full_info=self.full_info,
+        )
         scores = vbench_scores(raw)
-        details = {"quality": scores.quality, "semantic": scores.semantic, "raw": scores.raw, "normalized": scores.normalized,
-                   "library": "vbench 0.1.5, standard prompt suite, mode vbench_standard", "results_dir": str(self.results_dir)}
+        details = {
+            "quality": scores.quality,
+            "semantic": scores.semantic,
+            "raw": scores.raw,
+            "normalized": scores.normalized,
+            "library": "vbench 0.1.5, standard prompt suite, mode vbench_standard",
+            "results_dir": str(self.results_dir),
+        }
         return MetricResult(self.name, scores.total, self.higher_is_better, len(samples), details)

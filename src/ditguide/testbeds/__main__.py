@@ -1,8 +1,8 @@
 """Train the testbeds (DVC stages). Parameters come from params.yaml and are validated first.
 
-    python -m ditguide.testbeds scenes --out data/scenes          # model + twin_early + twin_shallow
-    python -m ditguide.testbeds scenes-judge --out data/scenes/judge.safetensors
-    python -m ditguide.testbeds clips --out data/clips               # T2V testbed: model + twin_early
+python -m ditguide.testbeds scenes --out data/scenes          # model + twin_early + twin_shallow
+python -m ditguide.testbeds scenes-judge --out data/scenes/judge.safetensors
+python -m ditguide.testbeds clips --out data/clips               # T2V testbed: model + twin_early
 """
 
 from __future__ import annotations
@@ -51,14 +51,18 @@ def _run(args) -> int:
         summary = train_scenes(args.out, cfg)
         for name in ("model", "twin_early", "twin_shallow"):
             s = summary[name]
-            print(f"{args.out}/{name}: {s['parameters']:,} parameters, {s['steps_trained']} steps, "
-                  f"final loss {s['final_loss_mean_last_100']:.4f}")
+            print(
+                f"{args.out}/{name}: {s['parameters']:,} parameters, {s['steps_trained']} steps, "
+                f"final loss {s['final_loss_mean_last_100']:.4f}"
+            )
     elif args.what == "clips":
         summary = train_clips(args.out, ccfg)
         for name in ("model", "twin_early"):
             s = summary[name]
-            print(f"{args.out}/{name}: {s['parameters']:,} parameters, {s['steps_trained']} steps, "
-                  f"final loss {s['final_loss_mean_last_100']:.4f}")
+            print(
+                f"{args.out}/{name}: {s['parameters']:,} parameters, {s['steps_trained']} steps, "
+                f"final loss {s['final_loss_mean_last_100']:.4f}"
+            )
     else:
         report = train_and_save_judge(args.out, jcfg)
         print(json.dumps(report["accuracy_on_train_pool_renders"], indent=2))

@@ -44,15 +44,21 @@ class ScenesBed:
         return scenes.ideal_x0(x_t, t, [scenes.parse_caption(c) for c in captions])
 
     def denoiser(self, pipe, captions: Sequence[str]):
-        from ..analysis import SceneDenoiser
-
         return SceneDenoiser(pipe, captions)
 
     def sample(self, pipe, captions, indices, *, steps: int, base_seed: int, callback) -> np.ndarray:
         from ..render import to_uint8
 
-        images = pipe(prompt=list(captions), indices=list(indices), base_seed=base_seed, num_inference_steps=steps,
-                      guidance_scale=1.0, height=16, width=16, callback_on_step_end=callback).images
+        images = pipe(
+            prompt=list(captions),
+            indices=list(indices),
+            base_seed=base_seed,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            height=16,
+            width=16,
+            callback_on_step_end=callback,
+        ).images
         return to_uint8(images)
 
     def reference(self, captions: Sequence[str], seed: int) -> np.ndarray:
@@ -60,7 +66,9 @@ class ScenesBed:
         from . import scenes
 
         parsed = [scenes.parse_caption(c) for c in captions]
-        return read(self.judge, scenes.render(parsed * 4, *scenes.glyph_pool("heldout"), np.random.default_rng(seed)))["features"]
+        return read(self.judge, scenes.render(parsed * 4, *scenes.glyph_pool("heldout"), np.random.default_rng(seed)))[
+            "features"
+        ]
 
     def score_sets(self, images: np.ndarray, captions: list[str], reference, per_set: int) -> list[dict]:
         from ..metrics.scenes import read, scene_metrics
@@ -79,8 +87,17 @@ class ClipsBed:
     continuous, so there is no finite set to sum over); exact judges; perceptual change in pixels."""
 
     name = "clips"
-    keys = ("total", "semantic", "quality", "object_class", "color", "motion", "spatial_relationship",
-            "dynamic_degree", "motion_smoothness")
+    keys = (
+        "total",
+        "semantic",
+        "quality",
+        "object_class",
+        "color",
+        "motion",
+        "spatial_relationship",
+        "dynamic_degree",
+        "motion_smoothness",
+    )
     alignment, quality, quality_higher_better = "semantic", "quality", True
 
     def __init__(self, ideal_samples: int = 2048, frames: int | None = None):
@@ -88,8 +105,10 @@ class ClipsBed:
 
         self.ideal_samples = int(ideal_samples)
         self.frames = clips.FRAMES if frames is None else int(frames)
-        self.ideal_note = (f"posterior mean over {self.ideal_samples} training renders per caption (sampled; "
-                           "its agreement with an independent sample of the same size is in ideal_agreement)")
+        self.ideal_note = (
+            f"posterior mean over {self.ideal_samples} training renders per caption (sampled; "
+            "its agreement with an independent sample of the same size is in ideal_agreement)"
+        )
         self._renders: dict[str, np.ndarray] = {}
 
     def captions(self, split: str, count: int) -> list[str]:
@@ -138,8 +157,15 @@ class ClipsBed:
     def sample(self, pipe, captions, indices, *, steps: int, base_seed: int, callback) -> np.ndarray:
         from ..render import to_uint8
 
-        frames = pipe(prompt=list(captions), indices=list(indices), base_seed=base_seed, num_inference_steps=steps,
-                      guidance_scale=1.0, num_frames=self.frames, callback_on_step_end=callback).frames
+        frames = pipe(
+            prompt=list(captions),
+            indices=list(indices),
+            base_seed=base_seed,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            num_frames=self.frames,
+            callback_on_step_end=callback,
+        ).frames
         return to_uint8(np.asarray(frames))
 
     def reference(self, captions: Sequence[str], seed: int):
@@ -153,9 +179,40 @@ class ClipsBed:
         for k0 in range(0, len(images), per_set):
             block = {k: v[k0 : k0 + per_set] for k, v in per_clip.items()}
             entry = M.aggregate(block)
-            entry["features"] = images[k0 : k0 + per_set].reshape(min(per_set, len(images) - k0), -1).astype(np.float64) / 255.0
+            entry["features"] = (
+                images[k0 : k0 + per_set].reshape(min(per_set, len(images) - k0), -1).astype(np.float64) / 255.0
+            )
             sets.append(entry)
         return sets
+
+
+class SceneDenoiser:
+    """x0 estimates of a testbed pipeline's transformer on 16x16 scenes (rectified flow: x0 = x_t - t v)."""
+
+    def __init__(self, pipe, captions: Sequence[str]):
+        from ..toy.pipeline import image_ids
+
+        self.pipe, self.captions = pipe, list(captions)
+        self.embeds, self.pooled = pipe.encode_prompt(self.captions)
+        self.txt_ids = torch.zeros(self.embeds.shape[1], 3)
+        self.img_ids = image_ids(height=16, width=16)
+
+    @torch.no_grad()
+    def __call__(self, x_t: np.ndarray, t: float, transformer=None) -> np.ndarray:
+        from ..toy.pipeline import pack, unpack
+
+        model = transformer if transformer is not None else self.pipe.transformer
+        x = pack(torch.from_numpy(x_t).float())
+        v = model(
+            hidden_states=x,
+            timestep=torch.full((len(x),), float(t)),
+            pooled_projections=self.pooled,
+            encoder_hidden_states=self.embeds,
+            txt_ids=self.txt_ids,
+            img_ids=self.img_ids,
+            return_dict=False,
+        )[0]
+        return unpack(x - t * v, 16, 16).double().numpy()
 
 
 class ClipDenoiser:
@@ -173,8 +230,12 @@ class ClipDenoiser:
     def __call__(self, x_t: np.ndarray, t: float, transformer=None) -> np.ndarray:
         model = transformer if transformer is not None else self.pipe.transformer
         x = torch.from_numpy(x_t).float()
-        v = model(hidden_states=x, timestep=torch.full((len(x),), 1000.0 * float(t)), encoder_hidden_states=self.embeds,
-                  return_dict=False)[0]
+        v = model(
+            hidden_states=x,
+            timestep=torch.full((len(x),), 1000.0 * float(t)),
+            encoder_hidden_states=self.embeds,
+            return_dict=False,
+        )[0]
         return (x - t * v).double().numpy()
 
 
@@ -186,6 +247,8 @@ def bed_for(profile) -> ScenesBed | ClipsBed:
     from ..profiles import ConfigError
 
     if profile.family != "toy":
-        raise ConfigError(f"profile={profile.name!r} is a {profile.family} model, not a testbed; the layer map needs a "
-                          f"known ideal denoiser (testbed profiles: family toy, e.g. scenes, clips)")
+        raise ConfigError(
+            f"profile={profile.name!r} is a {profile.family} model, not a testbed; the layer map needs a "
+            f"known ideal denoiser (testbed profiles: family toy, e.g. scenes, clips)"
+        )
     return ClipsBed(frames=profile.num_frames) if profile.kind == "video" else ScenesBed()

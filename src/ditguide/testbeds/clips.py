@@ -61,8 +61,9 @@ SINGLE_SIZES = (7, 8)
 PAIR_SIZES = (6, 7)
 BACKGROUND = (0.0, 0.2)  # grey shade, uniform per clip
 # (shape, motion) pairs never used in training captions: one moving direction per shape.
-HELDOUT_PAIRS = frozenset({("square", "moving left"), ("circle", "moving up"), ("triangle", "moving right"),
-                           ("cross", "moving down")})
+HELDOUT_PAIRS = frozenset(
+    {("square", "moving left"), ("circle", "moving up"), ("triangle", "moving right"), ("cross", "moving down")}
+)
 SINGLE_FRACTION = 0.5  # of training captions
 MAX_WORDS = 12  # "a c s moving d left of a c s moving d"
 
@@ -113,8 +114,10 @@ class Clip:
                 raise ClipError("the two objects of a clip need different colours (else the caption is ambiguous)")
             for o in self.objects:
                 if o.motion not in RELATION_MOTIONS[self.relation]:
-                    raise ClipError(f"in a '{self.relation}' clip an object cannot be '{o.motion}' (the relation would "
-                                    f"not hold in every frame); allowed: {', '.join(RELATION_MOTIONS[self.relation])}")
+                    raise ClipError(
+                        f"in a '{self.relation}' clip an object cannot be '{o.motion}' (the relation would "
+                        f"not hold in every frame); allowed: {', '.join(RELATION_MOTIONS[self.relation])}"
+                    )
         elif self.relation is not None:
             raise ClipError("a single-object clip has no relation")
 
@@ -136,13 +139,17 @@ def parse_caption(caption: str) -> Clip:
     known = set(vocabulary())
     unknown = [w for w in words if w not in known]
     if unknown:
-        raise ClipError(f"caption {caption!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(vocabulary())}")
+        raise ClipError(
+            f"caption {caption!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(vocabulary())}"
+        )
 
     def obj(part: list[str]) -> Obj:
         motion = " ".join(part[3:])
         if len(part) != 5 or part[0] != "a" or part[1] not in PALETTE or part[2] not in SHAPES or motion not in MOTIONS:
-            raise ClipError(f"caption {caption!r}: an object is 'a <colour> <shape> <motion>' (colours: {', '.join(COLOURS)}; "
-                            f"shapes: {', '.join(SHAPES)}; motions: {', '.join(MOTIONS)}), got {' '.join(part)!r}")
+            raise ClipError(
+                f"caption {caption!r}: an object is 'a <colour> <shape> <motion>' (colours: {', '.join(COLOURS)}; "
+                f"shapes: {', '.join(SHAPES)}; motions: {', '.join(MOTIONS)}), got {' '.join(part)!r}"
+            )
         return Obj(part[2], part[1], motion)
 
     if len(words) == 5:
@@ -151,12 +158,15 @@ def parse_caption(caption: str) -> Clip:
         n = len(rel.split())
         if len(words) == 10 + n and " ".join(words[5 : 5 + n]) == rel:
             return Clip((obj(words[:5]), obj(words[5 + n :])), rel)
-    raise ClipError(f"caption {caption!r} is not 'a <colour> <shape> <motion>' or "
-                    f"'a <colour> <shape> <motion> <relation> a <colour> <shape> <motion>' (relations: {', '.join(RELATIONS)})")
+    raise ClipError(
+        f"caption {caption!r} is not 'a <colour> <shape> <motion>' or "
+        f"'a <colour> <shape> <motion> <relation> a <colour> <shape> <motion>' (relations: {', '.join(RELATIONS)})"
+    )
 
 
-def sample_clips(count: int, rng: np.random.Generator, *, single_fraction: float = SINGLE_FRACTION,
-                 pairs: str = "seen") -> list[Clip]:
+def sample_clips(
+    count: int, rng: np.random.Generator, *, single_fraction: float = SINGLE_FRACTION, pairs: str = "seen"
+) -> list[Clip]:
     """Random clips. pairs: "seen" (no held-out (shape, motion) pair: the training distribution),
     "unseen" (at least one held-out pair) or "all"."""
     if pairs not in ("seen", "unseen", "all"):
@@ -172,7 +182,9 @@ def sample_clips(count: int, rng: np.random.Generator, *, single_fraction: float
         else:
             rel = RELATIONS[rng.integers(len(RELATIONS))]
             allowed = RELATION_MOTIONS[rel]
-            objs = tuple(Obj(SHAPES[shapes[k]], COLOURS[colours[k]], allowed[rng.integers(len(allowed))]) for k in range(2))
+            objs = tuple(
+                Obj(SHAPES[shapes[k]], COLOURS[colours[k]], allowed[rng.integers(len(allowed))]) for k in range(2)
+            )
             clip = Clip(objs, rel)
         if (pairs == "seen" and clip.unseen) or (pairs == "unseen" and not clip.unseen):
             continue
@@ -192,6 +204,7 @@ def caption_set(split: str, count: int) -> list[Clip]:
 
 
 # --- rendering -------------------------------------------------------------------------------------
+
 
 def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Whether the point (u, v) of the unit square (u right, v down) lies inside `shape`."""

@@ -73,8 +73,10 @@ def candidates(layer_scores: dict, n_weak: int, n_strong: int) -> dict:
             seen.add(c["block"])
             strong.append({"spec": c["spec"], "window": c["window"]})
     if not weak or not strong[:n_strong]:
-        raise ConfigError(f"the layer map has {len(weak)} weak and {len(strong)} strengthening strong candidates; "
-                          "guidance design needs at least one of each (rerun layer_analysis)")
+        raise ConfigError(
+            f"the layer map has {len(weak)} weak and {len(strong)} strengthening strong candidates; "
+            "guidance design needs at least one of each (rerun layer_analysis)"
+        )
     return {"weak": weak, "strong": strong[:n_strong]}
 
 
@@ -120,29 +122,77 @@ def families(cands: dict, grid: dict, default_cfg: float, twins: dict[str, str])
     skip_blocks = list(dict.fromkeys(w.split(":", 1)[1] for w in weak))  # blocks of the weak candidates
     out: dict[str, list[Method]] = {"none": [Method("none", "none", "no guidance", cfg_scale=1.0, knob=1.0)]}
     out["cfg"] = [Method(f"cfg@{s:g}", "cfg", f"CFG {s:g}", cfg_scale=s, knob=s) for s in c["cfg_scales"]]
-    for fam, scales in (("cfg_zero_star", c["cfg_scales"]), ("apg", c["apg_scales"]), ("guidance_interval", c["interval_scales"])):
+    for fam, scales in (
+        ("cfg_zero_star", c["cfg_scales"]),
+        ("apg", c["apg_scales"]),
+        ("guidance_interval", c["interval_scales"]),
+    ):
         out[fam] = [Method(f"{fam}@{s:g}", fam, f"{fam} {s:g}", spec=preset(fam, scale=s), knob=s) for s in scales]
-    out["ag_skip"] = [Method(f"ag_skip[{w}]@{s:g}", "ag_skip", f"AG weak={_short(w)} w={1 + s:g}",
-                             spec=preset("autoguidance", scale=s, weak=w), knob=1 + s)
-                      for w in weak for s in c["ag_scales"]]
-    out["ag_twin"] = [Method(f"ag_{t}@{w:g}", "ag_twin", f"AG {t.replace('twin_', '')} twin w={w:g}", twin=t, twin_scale=w, knob=w)
-                      for t in twins for w in c["twin_scales"]]
+    out["ag_skip"] = [
+        Method(
+            f"ag_skip[{w}]@{s:g}",
+            "ag_skip",
+            f"AG weak={_short(w)} w={1 + s:g}",
+            spec=preset("autoguidance", scale=s, weak=w),
+            knob=1 + s,
+        )
+        for w in weak
+        for s in c["ag_scales"]
+    ]
+    out["ag_twin"] = [
+        Method(f"ag_{t}@{w:g}", "ag_twin", f"AG {t.replace('twin_', '')} twin w={w:g}", twin=t, twin_scale=w, knob=w)
+        for t in twins
+        for w in c["twin_scales"]
+    ]
     for fam, preset_name in (("slg", "slg"), ("stg", "stg"), ("pag", "pag")):
-        out[fam] = [Method(f"{fam}[{b}]@{default_cfg:g}+{s:g}", fam, f"{fam.upper()} {b} s={s:g}",
-                           spec=preset(preset_name, cfg_scale=default_cfg, scale=s, blocks=[b]), knob=s)
-                    for b in skip_blocks for s in c[f"{fam}_scales"]]
-    out["weak_negative"] = [Method(f"weak_negative[{w}]@{s:g}", "weak_negative", f"weak-neg {_short(w)} {s:g}",
-                                   spec=ours_spec(s, None, w, "weak_negative"), knob=s)
-                            for w in weak for s in c["weak_negative_scales"]]
-    out["ours"] = [Method(f"ours[{st['spec']}@{st['window']}|{w}]@{s:g}", "ours",
-                          f"ours +{_short(st['spec'])}({st['window']}) -{_short(w)} {s:g}",
-                          spec=ours_spec(s, st, w), knob=s)
-                   for st in strong for w in weak for s in c["ours_scales"]]
-    out["ours_full"] = [Method(f"ours_full[{st['spec']}|{w}]@{default_cfg:g}+{s:g}", "ours_full",
-                               f"CFG + {s:g}(+{_short(st['spec'])} -{_short(w)})",
-                               spec=preset("strong_weak", cfg_scale=default_cfg, scale=s, strong=st["spec"], weak=w,
-                                           interval=_window(st["window"])), knob=s)
-                        for st in strong for w in weak for s in c["ours_full_scales"]]
+        out[fam] = [
+            Method(
+                f"{fam}[{b}]@{default_cfg:g}+{s:g}",
+                fam,
+                f"{fam.upper()} {b} s={s:g}",
+                spec=preset(preset_name, cfg_scale=default_cfg, scale=s, blocks=[b]),
+                knob=s,
+            )
+            for b in skip_blocks
+            for s in c[f"{fam}_scales"]
+        ]
+    out["weak_negative"] = [
+        Method(
+            f"weak_negative[{w}]@{s:g}",
+            "weak_negative",
+            f"weak-neg {_short(w)} {s:g}",
+            spec=ours_spec(s, None, w, "weak_negative"),
+            knob=s,
+        )
+        for w in weak
+        for s in c["weak_negative_scales"]
+    ]
+    out["ours"] = [
+        Method(
+            f"ours[{st['spec']}@{st['window']}|{w}]@{s:g}",
+            "ours",
+            f"ours +{_short(st['spec'])}({st['window']}) -{_short(w)} {s:g}",
+            spec=ours_spec(s, st, w),
+            knob=s,
+        )
+        for st in strong
+        for w in weak
+        for s in c["ours_scales"]
+    ]
+    out["ours_full"] = [
+        Method(
+            f"ours_full[{st['spec']}|{w}]@{default_cfg:g}+{s:g}",
+            "ours_full",
+            f"CFG + {s:g}(+{_short(st['spec'])} -{_short(w)})",
+            spec=preset(
+                "strong_weak", cfg_scale=default_cfg, scale=s, strong=st["spec"], weak=w, interval=_window(st["window"])
+            ),
+            knob=s,
+        )
+        for st in strong
+        for w in weak
+        for s in c["ours_full_scales"]
+    ]
     return out
 
 
@@ -216,7 +266,9 @@ class Scorer:
         per_set, cost = [], None
         for k in range(seed_sets):
             r = self.renderer(m, k)
-            out = run_dir(self.runs_dir, self.prof, "design", m.name.replace("/", "_"), r, self.captions, samples_per_prompt=1)
+            out = run_dir(
+                self.runs_dir, self.prof, "design", m.name.replace("/", "_"), r, self.captions, samples_per_prompt=1
+            )
             generate(r, self.captions, out, batch_size=self.batch_size, base_seed=r.base_seed, progress=False)
             samples = Samples.from_dir(out, len(self.captions))
             images = np.stack([samples.image(i) for i in range(len(self.captions))])
@@ -267,7 +319,8 @@ def paired_change(method: dict, reference: dict, key: str) -> dict:
 
 def feasible(entry: dict, rule: dict, floor_alignment: float) -> bool:
     return entry[rule["alignment"]] >= floor_alignment and (
-        rule.get("max_nfe_per_step") is None or entry["nfe_per_step"] <= rule["max_nfe_per_step"] + 1e-9)
+        rule.get("max_nfe_per_step") is None or entry["nfe_per_step"] <= rule["max_nfe_per_step"] + 1e-9
+    )
 
 
 def choose(entries: dict[str, dict], rule: dict, floor_alignment: float, *, cost_cap: bool) -> tuple[str, bool]:
@@ -281,8 +334,9 @@ def choose(entries: dict[str, dict], rule: dict, floor_alignment: float, *, cost
     return max(entries, key=lambda k: entries[k][rule["alignment"]]), False
 
 
-def search(scorer: Scorer, fams: dict[str, list[Method]], budget: dict, rule: dict, reference: Method,
-           seed: int = 0, log=print) -> dict:
+def search(
+    scorer: Scorer, fams: dict[str, list[Method]], budget: dict, rule: dict, reference: Method, seed: int = 0, log=print
+) -> dict:
     """Successive halving per family on dev: every config on 1 seed set, the best `keep` (by the rule)
     on `seed_sets`, then the family's choice. The reference (CFG at the profile default) is always
     scored on all seed sets: its alignment is the rule's floor."""
@@ -295,15 +349,26 @@ def search(scorer: Scorer, fams: dict[str, list[Method]], budget: dict, rule: di
         rung0 = {}
         for m in configs:
             rung0[m.name] = scorer.score(m, 1)
-            log(f"[dev {fam}] {m.label}: FD {rung0[m.name]['fd']:.0f}, all {rung0[m.name]['all']:.3f}, "
-                f"NFE/step {rung0[m.name]['nfe_per_step']:.2f}")
-        ranked = sorted(rung0, key=lambda k: (not feasible(rung0[k], {**rule, "max_nfe_per_step": None}, floor_alignment),
-                                               rung0[k][rule["objective"]]))
+            log(
+                f"[dev {fam}] {m.label}: FD {rung0[m.name]['fd']:.0f}, all {rung0[m.name]['all']:.3f}, "
+                f"NFE/step {rung0[m.name]['nfe_per_step']:.2f}"
+            )
+        ranked = sorted(
+            rung0,
+            key=lambda k: (
+                not feasible(rung0[k], {**rule, "max_nfe_per_step": None}, floor_alignment),
+                rung0[k][rule["objective"]],
+            ),
+        )
         rung1 = {k: scorer.score(next(m for m in configs if m.name == k), sets) for k in ranked[: budget["keep"]]}
         best, ok = choose(rung1, rule, floor_alignment, cost_cap=False)
         out["families"][fam] = {
-            "configs": [{**asdict(m), "rung0": _public(rung0[m.name]), "rung1": _public(rung1.get(m.name))} for m in configs],
-            "choice": best, "meets_alignment_floor": ok}
+            "configs": [
+                {**asdict(m), "rung0": _public(rung0[m.name]), "rung1": _public(rung1.get(m.name))} for m in configs
+            ],
+            "choice": best,
+            "meets_alignment_floor": ok,
+        }
         log(f"[dev {fam}] choice: {best} (FD {rung1[best]['fd']:.0f}, all {rung1[best]['all']:.3f})")
     return out
 
@@ -312,7 +377,9 @@ def _public(entry: dict | None) -> dict | None:
     return None if entry is None else {k: v for k, v in entry.items() if k != "per_set"} | {"per_set": entry["per_set"]}
 
 
-def selected_method(dev: dict, fams: dict[str, list[Method]], rule: dict, ours_families=("ours", "ours_full")) -> Method:
+def selected_method(
+    dev: dict, fams: dict[str, list[Method]], rule: dict, ours_families=("ours", "ours_full")
+) -> Method:
     """The selected preset: the best of our families' choices by the rule, with the cost cap."""
     entries, floor_alignment = {}, dev["reference_metrics"][rule["alignment"]]
     for fam in ours_families:
@@ -334,25 +401,46 @@ def write_json(path: str | Path, obj) -> None:
 
 def check_design_params(p: dict) -> None:
     """Every parameter of the guidance_design section, before anything renders."""
-    need = {"dev": dict, "test": dict, "budget": dict, "select": dict, "grid": dict, "weak_candidates": int, "strong_candidates": int}
+    need = {
+        "dev": dict,
+        "test": dict,
+        "budget": dict,
+        "select": dict,
+        "grid": dict,
+        "weak_candidates": int,
+        "strong_candidates": int,
+    }
     for key, typ in need.items():
         if not isinstance(p.get(key), typ):
             raise ConfigError(f"guidance_design.{key}={p.get(key)!r} is not allowed; allowed: a {typ.__name__}")
     for split in ("dev", "test"):
         s = p[split]
-        if not (isinstance(s.get("per_set"), int) and s["per_set"] >= 10 and isinstance(s.get("seed_sets"), int) and s["seed_sets"] >= 3):
-            raise ConfigError(f"guidance_design.{split}: per_set must be an integer >= 10 and seed_sets >= 3, got {s!r}")
+        if not (
+            isinstance(s.get("per_set"), int)
+            and s["per_set"] >= 10
+            and isinstance(s.get("seed_sets"), int)
+            and s["seed_sets"] >= 3
+        ):
+            raise ConfigError(
+                f"guidance_design.{split}: per_set must be an integer >= 10 and seed_sets >= 3, got {s!r}"
+            )
     if {p["dev"]["split"], p["test"]["split"]} != {"dev", "test"}:
-        raise ConfigError("guidance_design: dev.split must be 'dev' and test.split 'test' (tune on dev, report on test)")
+        raise ConfigError(
+            "guidance_design: dev.split must be 'dev' and test.split 'test' (tune on dev, report on test)"
+        )
     rule = p["select"]
     if rule.get("objective") not in KEYS or rule.get("alignment") not in KEYS:
-        raise ConfigError(f"guidance_design.select: objective and alignment must be metrics, one of {KEYS}; got {rule!r}")
+        raise ConfigError(
+            f"guidance_design.select: objective and alignment must be metrics, one of {KEYS}; got {rule!r}"
+        )
     b = p["budget"]
     if not (isinstance(b.get("configs"), int) and isinstance(b.get("keep"), int) and 1 <= b["keep"] <= b["configs"]):
         raise ConfigError(f"guidance_design.budget: needs integers 1 <= keep <= configs, got {b!r}")
     for key, values in p["grid"].items():
         if not (isinstance(values, list) and values and all(isinstance(v, (int, float)) and v >= 0 for v in values)):
-            raise ConfigError(f"guidance_design.grid.{key}={values!r} is not allowed; allowed: a non-empty list of numbers >= 0")
+            raise ConfigError(
+                f"guidance_design.grid.{key}={values!r} is not allowed; allowed: a non-empty list of numbers >= 0"
+            )
 
 
 def load_design(profile: str, params="params.yaml") -> dict:
@@ -364,8 +452,9 @@ def load_design(profile: str, params="params.yaml") -> dict:
     return p
 
 
-def test_methods(dev: dict, fams: dict[str, list[Method]], selected: Method, default_cfg: float, steps: int,
-                 matched_costs=(3.0, 4.0)) -> list[Method]:
+def test_methods(
+    dev: dict, fams: dict[str, list[Method]], selected: Method, default_cfg: float, steps: int, matched_costs=(3.0, 4.0)
+) -> list[Method]:
     """What the test split compares: no guidance, the CFG sweep, every family's dev
     choice (CFG's is its best scale), the selected preset, its two ablations (strong side only, weak
     side only), and CFG at its best scale given the compute of a 3- and a 4-forward method as more
@@ -373,19 +462,40 @@ def test_methods(dev: dict, fams: dict[str, list[Method]], selected: Method, def
     by_name = {m.name: m for ms in fams.values() for m in ms}
     chosen = [by_name[dev["families"][f]["choice"]] for f in fams]
     default = next((m for m in fams["cfg"] if m.cfg_scale == default_cfg), None) or Method(
-        f"cfg@{default_cfg:g}", "cfg", f"CFG {default_cfg:g}", cfg_scale=default_cfg, knob=default_cfg)
+        f"cfg@{default_cfg:g}", "cfg", f"CFG {default_cfg:g}", cfg_scale=default_cfg, knob=default_cfg
+    )
     methods = [fams["none"][0], default, *fams["cfg"], *chosen]  # the whole CFG sweep: its test curve
     if selected.family == "ours":
         st, w, s = _parts(selected)
-        methods += [Method(f"ablation_strong_only[{st['spec']}]@{s:g}", "ablation", "ours, strong side only",
-                           spec=ours_spec(s, st, None, "strong_only"), knob=s),
-                    Method(f"ablation_weak_only[{w}]@{s:g}", "ablation", "ours, weak side only",
-                           spec=ours_spec(s, None, w, "weak_only"), knob=s)]
+        methods += [
+            Method(
+                f"ablation_strong_only[{st['spec']}]@{s:g}",
+                "ablation",
+                "ours, strong side only",
+                spec=ours_spec(s, st, None, "strong_only"),
+                knob=s,
+            ),
+            Method(
+                f"ablation_weak_only[{w}]@{s:g}",
+                "ablation",
+                "ours, weak side only",
+                spec=ours_spec(s, None, w, "weak_only"),
+                knob=s,
+            ),
+        ]
     best_cfg = by_name[dev["families"]["cfg"]["choice"]]
     for cost in matched_costs:
         n = int(round(steps * cost / 2.0))
-        methods.append(Method(f"{best_cfg.name}x{n}steps", "cfg_more_steps", f"CFG {best_cfg.cfg_scale:g}, {n} steps",
-                              cfg_scale=best_cfg.cfg_scale, steps=n, knob=best_cfg.cfg_scale))
+        methods.append(
+            Method(
+                f"{best_cfg.name}x{n}steps",
+                "cfg_more_steps",
+                f"CFG {best_cfg.cfg_scale:g}, {n} steps",
+                cfg_scale=best_cfg.cfg_scale,
+                steps=n,
+                knob=best_cfg.cfg_scale,
+            )
+        )
     return list({m.name: m for m in methods}.values())
 
 
@@ -400,41 +510,71 @@ def _parts(m: Method) -> tuple[dict, str, float]:
     return {"spec": br["cond_strong"]["edits"], "window": name}, br["uncond_weak"]["edits"], m.spec["terms"][0]["scale"]
 
 
-def run_dev(profile: str, p: dict, params: dict, *, layer_scores: dict, twins: dict[str, str], judge_path: str,
-            runs_dir: str = "runs", log=print) -> tuple[dict, dict[str, list[Method]], Method]:
+def run_dev(
+    profile: str,
+    p: dict,
+    params: dict,
+    *,
+    layer_scores: dict,
+    twins: dict[str, str],
+    judge_path: str,
+    runs_dir: str = "runs",
+    log=print,
+) -> tuple[dict, dict[str, list[Method]], Method]:
     """The dev search and the selected preset: (search record, families, selected method)."""
     prof = load_profile(profile, params)
     cands = candidates(layer_scores, p["weak_candidates"], p["strong_candidates"])
     fams = families(cands, p["grid"], prof.cfg_scale, twins)
     d = p["dev"]
-    scorer = Scorer(profile, d["split"], d["per_set"], d["base_seed"], params, judge_path, runs_dir, twins,
-                    max_sets=d["seed_sets"])
+    scorer = Scorer(
+        profile, d["split"], d["per_set"], d["base_seed"], params, judge_path, runs_dir, twins, max_sets=d["seed_sets"]
+    )
     reference = Method(f"cfg@{prof.cfg_scale:g}", "cfg", f"CFG {prof.cfg_scale:g}", cfg_scale=prof.cfg_scale)
     budget = {**p["budget"], "seed_sets": d["seed_sets"]}
     dev = search(scorer, fams, budget, p["select"], reference, seed=p["budget"].get("seed", 0), log=log)
-    dev.update(candidates=cands, budget=budget, rule=p["select"], split=d, floor=scorer.floor,
-               samples_rendered=sum(len(v) for v in fams.values()))
+    dev.update(
+        candidates=cands,
+        budget=budget,
+        rule=p["select"],
+        split=d,
+        floor=scorer.floor,
+        samples_rendered=sum(len(v) for v in fams.values()),
+    )
     selected = selected_method(dev, fams, p["select"])
     dev["selected"] = asdict(selected)
     return dev, fams, selected
 
 
-def run_test(profile: str, p: dict, params: dict, dev: dict, fams: dict[str, list[Method]], selected: Method, *,
-             twins: dict[str, str], judge_path: str, runs_dir: str = "runs", timing: bool = True,
-             log=print) -> tuple[dict, dict]:
+def run_test(
+    profile: str,
+    p: dict,
+    params: dict,
+    dev: dict,
+    fams: dict[str, list[Method]],
+    selected: Method,
+    *,
+    twins: dict[str, str],
+    judge_path: str,
+    runs_dir: str = "runs",
+    timing: bool = True,
+    log=print,
+) -> tuple[dict, dict]:
     """Every test method on the test split (>= 3 seed sets), cost in forwards and seconds, and the
     selected preset's paired relative change against CFG at the default and at its best dev scale."""
     prof = load_profile(profile, params)
     t = p["test"]
-    scorer = Scorer(profile, t["split"], t["per_set"], t["base_seed"], params, judge_path, runs_dir, twins,
-                    max_sets=t["seed_sets"])
+    scorer = Scorer(
+        profile, t["split"], t["per_set"], t["base_seed"], params, judge_path, runs_dir, twins, max_sets=t["seed_sets"]
+    )
     methods = test_methods(dev, fams, selected, prof.cfg_scale, prof.steps)
     results = {}
     for m in methods:
         e = scorer.score(m, t["seed_sets"])
         results[m.name] = {**_public(e), "family": m.family, "label": m.label, "method": asdict(m)}
-        log(f"[test] {m.label}: FD {e['fd']:.0f} ± {e['fd_se']:.0f}, all {e['all']:.3f} ± {e['all_se']:.3f}, "
-            f"NFE/step {e['nfe_per_step']:.2f}")
+        log(
+            f"[test] {m.label}: FD {e['fd']:.0f} ± {e['fd_se']:.0f}, all {e['all']:.3f} ± {e['all_se']:.3f}, "
+            f"NFE/step {e['nfe_per_step']:.2f}"
+        )
     if timing:
         for m in methods:
             results[m.name]["seconds_per_sample"] = scorer.seconds_per_sample(m)
@@ -442,12 +582,22 @@ def run_test(profile: str, p: dict, params: dict, dev: dict, fams: dict[str, lis
     best = dev["families"]["cfg"]["choice"]
     comparison = {}
     for ref_name, label in ((default, "cfg_default"), (best, "cfg_best")):
-        comparison[label] = {"reference": ref_name, "changes": {
-            k: paired_change(results[selected.name], results[ref_name], k) for k in ("fd", "all", "digit", "precision", "recall")}}
+        comparison[label] = {
+            "reference": ref_name,
+            "changes": {
+                k: paired_change(results[selected.name], results[ref_name], k)
+                for k in ("fd", "all", "digit", "precision", "recall")
+            },
+        }
     for m in methods:  # does each side of ours add anything? the selected method against its ablations
         if m.family == "ablation":
             label = "without_strong" if "weak_only" in m.name else "without_weak"
-            comparison[label] = {"reference": m.name, "changes": {
-                k: paired_change(results[selected.name], results[m.name], k) for k in ("fd", "all", "digit", "precision", "recall")}}
+            comparison[label] = {
+                "reference": m.name,
+                "changes": {
+                    k: paired_change(results[selected.name], results[m.name], k)
+                    for k in ("fd", "all", "digit", "precision", "recall")
+                },
+            }
     test = {"split": t, "floor": scorer.floor, "methods": results, "selected": selected.name, "comparison": comparison}
     return test, scorer.images

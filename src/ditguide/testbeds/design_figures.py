@@ -7,9 +7,20 @@ from ..style import FULL, latex_table
 from .design import T_975
 
 FAMILY_COLORS = {
-    "none": "#7f7f7f", "cfg": "#1f77b4", "cfg_zero_star": "#aec7e8", "apg": "#ff7f0e", "guidance_interval": "#ffbb78",
-    "ag_skip": "#98df8a", "ag_twin": "#2ca02c", "slg": "#9467bd", "stg": "#c5b0d5", "pag": "#8c564b",
-    "weak_negative": "#e377c2", "ours": "#d62728", "ours_full": "#ff9896", "ablation": "#bcbd22",
+    "none": "#7f7f7f",
+    "cfg": "#1f77b4",
+    "cfg_zero_star": "#aec7e8",
+    "apg": "#ff7f0e",
+    "guidance_interval": "#ffbb78",
+    "ag_skip": "#98df8a",
+    "ag_twin": "#2ca02c",
+    "slg": "#9467bd",
+    "stg": "#c5b0d5",
+    "pag": "#8c564b",
+    "weak_negative": "#e377c2",
+    "ours": "#d62728",
+    "ours_full": "#ff9896",
+    "ablation": "#bcbd22",
     "cfg_more_steps": "#17becf",
 }
 
@@ -29,8 +40,10 @@ def pareto_figure(dev: dict, test: dict, alignment: str = "all"):
     fds = [c["rung0"]["fd"] for rec in dev["families"].values() for c in rec["configs"]]
     top = 1.6 * float(sorted(fds)[len(fds) // 2])
     for fam, rec in dev["families"].items():
-        pts = sorted((c["knob"] if c["knob"] is not None else 0.0, c["rung0"][alignment], min(c["rung0"]["fd"], top))
-                     for c in rec["configs"])
+        pts = sorted(
+            (c["knob"] if c["knob"] is not None else 0.0, c["rung0"][alignment], min(c["rung0"]["fd"], top))
+            for c in rec["configs"]
+        )
         if not pts:
             continue
         _, x, y = zip(*pts)
@@ -42,9 +55,23 @@ def pareto_figure(dev: dict, test: dict, alignment: str = "all"):
     sweep = sorted((m["method"]["cfg_scale"], m) for m in methods.values() if m["family"] in ("cfg", "none"))
     ax1.plot([m[alignment] for _, m in sweep], [m["fd"] for _, m in sweep], "-", lw=0.8, color=FAMILY_COLORS["cfg"])
     for name, m in methods.items():
-        ax1.errorbar(m[alignment], m["fd"], xerr=m[f"{alignment}_se"], yerr=m["fd_se"], fmt="o", ms=3.5, lw=0.8, capsize=1.5,
-                     color=FAMILY_COLORS.get(m["family"], "k"), mec="k" if name == test["selected"] else "none")
-        if name == test["selected"] or m["family"] in ("none", "ag_twin") or (m["family"] == "cfg" and name.startswith("cfg@")):
+        ax1.errorbar(
+            m[alignment],
+            m["fd"],
+            xerr=m[f"{alignment}_se"],
+            yerr=m["fd_se"],
+            fmt="o",
+            ms=3.5,
+            lw=0.8,
+            capsize=1.5,
+            color=FAMILY_COLORS.get(m["family"], "k"),
+            mec="k" if name == test["selected"] else "none",
+        )
+        if (
+            name == test["selected"]
+            or m["family"] in ("none", "ag_twin")
+            or (m["family"] == "cfg" and name.startswith("cfg@"))
+        ):
             label = "ours" if name == test["selected"] else m["label"].replace("AG shallow twin", "AG twin")
             ax1.annotate(label, (m[alignment], m["fd"]), xytext=(3, 3), textcoords="offset points", fontsize=5)
     ax1.set_title("test (mean ± 1 SE over seed sets)")
@@ -65,8 +92,14 @@ def compute_figure(test: dict):
     fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(FULL, FULL / 2.6), squeeze=False)
     axes = axes[0]
     for name, m in test["methods"].items():
-        kw = dict(fmt="o", ms=3.5, lw=0.8, capsize=1.5, color=FAMILY_COLORS.get(m["family"], "k"),
-                  mec="k" if name == test["selected"] else "none")
+        kw = dict(
+            fmt="o",
+            ms=3.5,
+            lw=0.8,
+            capsize=1.5,
+            color=FAMILY_COLORS.get(m["family"], "k"),
+            mec="k" if name == test["selected"] else "none",
+        )
         axes[0].errorbar(m["nfe_per_step"], m["fd"], yerr=_ci(m, "fd"), **kw)
         if timed:
             axes[1].errorbar(1e3 * m["seconds_per_sample"], m["fd"], yerr=_ci(m, "fd"), **kw)
@@ -76,8 +109,11 @@ def compute_figure(test: dict):
     for ax in axes:
         ax.set_ylabel("FD $\\downarrow$")
         ax.axhline(test["floor"]["fd"], color="#7f7f7f", ls="--", lw=0.8)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f) for f, c in FAMILY_COLORS.items()
-               if any(m["family"] == f for m in test["methods"].values())]
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=c, label=f)
+        for f, c in FAMILY_COLORS.items()
+        if any(m["family"] == f for m in test["methods"].values())
+    ]
     axes[-1].legend(handles=handles, frameon=False, fontsize=5, ncol=2)
     fig.tight_layout()
     return fig
@@ -92,21 +128,47 @@ def rows(test: dict) -> list[tuple]:
     for name, m in sorted(test["methods"].items(), key=lambda kv: kv[1]["fd"]):
         sec = f"{1e3 * m['seconds_per_sample']:.1f}" if "seconds_per_sample" in m else "-"
         label = m["label"] + (" (selected)" if name == test["selected"] else "")
-        out.append((label, m["family"], f"{m['nfe_per_step']:.2f}", sec, _fmt(m, "fd", 0), _fmt(m, "all", 3),
-                    _fmt(m, "digit", 3), _fmt(m, "precision", 3), _fmt(m, "recall", 3)))
+        out.append(
+            (
+                label,
+                m["family"],
+                f"{m['nfe_per_step']:.2f}",
+                sec,
+                _fmt(m, "fd", 0),
+                _fmt(m, "all", 3),
+                _fmt(m, "digit", 3),
+                _fmt(m, "precision", 3),
+                _fmt(m, "recall", 3),
+            )
+        )
     return out
 
 
-COLUMNS = ["method", "family", "NFE/step", "ms/sample", "FD $\\downarrow$", "all $\\uparrow$", "digit $\\uparrow$",
-           "precision", "recall"]
+COLUMNS = [
+    "method",
+    "family",
+    "NFE/step",
+    "ms/sample",
+    "FD $\\downarrow$",
+    "all $\\uparrow$",
+    "digit $\\uparrow$",
+    "precision",
+    "recall",
+]
 
 
 def table(test: dict, profile: str) -> str:
     t = test["split"]
-    return latex_table(rows(test), COLUMNS, caption=(
-        f"Guidance design on the {profile} testbed, test captions: {t['seed_sets']} seed sets of {t['per_set']} samples, mean "
-        "± 95 % t-interval over seed sets. Every family was tuned with the same dev budget; NFE/step counts block "
-        "evaluations of the full model; ms/sample measured on a 2-core CPU."), label=f"tab:guidance_{profile}")
+    return latex_table(
+        rows(test),
+        COLUMNS,
+        caption=(
+            f"Guidance design on the {profile} testbed, test captions: {t['seed_sets']} seed sets of {t['per_set']} samples, mean "
+            "± 95 % t-interval over seed sets. Every family was tuned with the same dev budget; NFE/step counts block "
+            "evaluations of the full model; ms/sample measured on a 2-core CPU."
+        ),
+        label=f"tab:guidance_{profile}",
+    )
 
 
 def markdown_table(test: dict) -> str:
@@ -142,21 +204,29 @@ def reading(dev: dict, test: dict, target: float = 0.05) -> str:
         verdict.append(f"all-correct {100 * al['rel']:+.1f} % [{100 * al['lo']:+.1f}, {100 * al['hi']:+.1f}]")
         fd_ok = fd["hi"] <= -target
         al_ok = al["lo"] >= target
-        lines.append(f"- Against {comp['reference']} ({label.replace('_', ' ')}): " + ", ".join(verdict) + ". "
-                     f"The +{100 * target:.0f} % target {'holds' if fd_ok else 'does not hold'} on FD and "
-                     f"{'holds' if al_ok else 'does not hold'} on all-correct (95 % intervals over seed sets).")
+        lines.append(
+            f"- Against {comp['reference']} ({label.replace('_', ' ')}): " + ", ".join(verdict) + ". "
+            f"The +{100 * target:.0f} % target {'holds' if fd_ok else 'does not hold'} on FD and "
+            f"{'holds' if al_ok else 'does not hold'} on all-correct (95 % intervals over seed sets)."
+        )
     for label, side in (("without_strong", "strong"), ("without_weak", "weak")):
         if label in test["comparison"]:
             ch = test["comparison"][label]["changes"]
             lines.append(f"- The {side} side, against the selected method without it: " + _effects(ch) + ".")
     ranked = sorted(test["methods"].values(), key=lambda m: m["fd"])
-    lines.append(f"- Lowest test FD: {ranked[0]['label']} ({ranked[0]['fd']:.0f} at {ranked[0]['nfe_per_step']:.2f} forwards/step); "
-                 f"floor (real renders) {test['floor']['fd']:.0f}.")
+    lines.append(
+        f"- Lowest test FD: {ranked[0]['label']} ({ranked[0]['fd']:.0f} at {ranked[0]['nfe_per_step']:.2f} forwards/step); "
+        f"floor (real renders) {test['floor']['fd']:.0f}."
+    )
     best_al = max(test["methods"].values(), key=lambda m: m["all"])
-    lines.append(f"- Highest all-correct: {best_al['label']} ({best_al['all']:.3f} at {best_al['nfe_per_step']:.2f} forwards/step).")
+    lines.append(
+        f"- Highest all-correct: {best_al['label']} ({best_al['all']:.3f} at {best_al['nfe_per_step']:.2f} forwards/step)."
+    )
     t = test["split"]
-    lines.append(f"- What this does not show: {t['seed_sets']} seed sets of {t['per_set']} test captions give intervals of several "
-                 "percent, so smaller effects are not resolved; FD is in the judge's features on 16x16 scenes, not Inception "
-                 "features of real images; the candidates come from a layer map of this one model; a real DiT may rank "
-                 "its blocks differently.")
+    lines.append(
+        f"- What this does not show: {t['seed_sets']} seed sets of {t['per_set']} test captions give intervals of several "
+        "percent, so smaller effects are not resolved; FD is in the judge's features on 16x16 scenes, not Inception "
+        "features of real images; the candidates come from a layer map of this one model; a real DiT may rank "
+        "its blocks differently."
+    )
     return "\n".join(lines)

@@ -56,8 +56,12 @@ def reference_and_floor(judge, captions: list[str], seed_sets: int, seed: int = 
     held = scenes.glyph_pool("heldout")
     reference = read(judge, scenes.render(parsed * REFERENCE_DRAWS, *held, rng))["features"]
     train = scenes.glyph_pool("train")
-    floor_sets = [scene_metrics(read(judge, scenes.render(parsed, *train, np.random.default_rng(seed + 1 + k))), captions, reference)
-                  for k in range(seed_sets)]
+    floor_sets = [
+        scene_metrics(
+            read(judge, scenes.render(parsed, *train, np.random.default_rng(seed + 1 + k))), captions, reference
+        )
+        for k in range(seed_sets)
+    ]
     return reference, _aggregate(floor_sets)
 
 
@@ -84,10 +88,19 @@ def evaluate_scenes(
 
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
-    _check(prof.family == "toy" and (prof.height, prof.width) == (scenes.SIZE, scenes.SIZE), "profile", profile,
-           f"a toy-family profile of {scenes.SIZE}x{scenes.SIZE} scenes")
+    _check(
+        prof.family == "toy" and (prof.height, prof.width) == (scenes.SIZE, scenes.SIZE),
+        "profile",
+        profile,
+        f"a toy-family profile of {scenes.SIZE}x{scenes.SIZE} scenes",
+    )
     _check(isinstance(per_set, int) and per_set >= 10, "per_set", per_set, "an integer >= 10")
-    _check(isinstance(seed_sets, int) and seed_sets >= 3, "seed_sets", seed_sets, "an integer >= 3 (standard errors need them)")
+    _check(
+        isinstance(seed_sets, int) and seed_sets >= 3,
+        "seed_sets",
+        seed_sets,
+        "an integer >= 3 (standard errors need them)",
+    )
     for s in cfg_scales:
         _check(isinstance(s, (int, float)) and np.isfinite(s) and s >= 1, "cfg_scales", s, "finite numbers >= 1")
     twins = dict(twins or {})
@@ -98,37 +111,58 @@ def evaluate_scenes(
 
     judge = load_judge(judge_path)
     pipe = load_pipeline(prof)
-    renderers: dict[str, tuple[PipelineRenderer, float]] = {"none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)}
+    renderers: dict[str, tuple[PipelineRenderer, float]] = {
+        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)
+    }
     for s in sorted({float(s) for s in cfg_scales} - {1.0}):
         renderers[f"cfg@{s:g}"] = (PipelineRenderer(prof, pipe, cfg_scale=s, base_seed=base_seed), 2.0)
     for name, folder in twins.items():
         twin = type(pipe).from_pretrained(folder).transformer.eval()
         guided = twin_pipeline(pipe, twin, twin_scale)
         guided.set_progress_bar_config(disable=True)
-        renderers[f"ag_{name}"] = (PipelineRenderer(prof, guided, cfg_scale=1.0, base_seed=base_seed), guided.transformer.blocks_per_call())
+        renderers[f"ag_{name}"] = (
+            PipelineRenderer(prof, guided, cfg_scale=1.0, base_seed=base_seed),
+            guided.transformer.blocks_per_call(),
+        )
 
     reference, floor = reference_and_floor(judge, captions, seed_sets)
-    result = TestbedResult(metrics={
-        "profile": profile, "split": split, "per_set": per_set, "seed_sets": seed_sets, "steps": prof.steps,
-        "base_seed": base_seed, "default_cfg_scale": prof.cfg_scale, "twin_scale": twin_scale,
-        "reference": f"held-out glyph renders of the same captions ({len(reference)})",
-        "floor": floor, "methods": {}}, captions=captions)
+    result = TestbedResult(
+        metrics={
+            "profile": profile,
+            "split": split,
+            "per_set": per_set,
+            "seed_sets": seed_sets,
+            "steps": prof.steps,
+            "base_seed": base_seed,
+            "default_cfg_scale": prof.cfg_scale,
+            "twin_scale": twin_scale,
+            "reference": f"held-out glyph renders of the same captions ({len(reference)})",
+            "floor": floor,
+            "methods": {},
+        },
+        captions=captions,
+    )
     for name, (renderer, cost) in renderers.items():
         out = run_dir(runs_dir, prof, "testbed", name, renderer, prompts, samples_per_prompt=1)
         summary = generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
         samples = Samples.from_dir(out, len(prompts))
         images = np.stack([samples.image(i) for i in range(len(prompts))])
         judged = read(judge, images)
-        sets = [scene_metrics({k: v[k0 : k0 + per_set] for k, v in judged.items()}, captions, reference)
-                for k0 in range(0, len(prompts), per_set)]
+        sets = [
+            scene_metrics({k: v[k0 : k0 + per_set] for k, v in judged.items()}, captions, reference)
+            for k0 in range(0, len(prompts), per_set)
+        ]
         entry = _aggregate(sets)
         entry.update(nfe_per_step=cost, cfg_scale=renderer.cfg_scale if not name.startswith("ag_") else None)
         if name.startswith("ag_"):
             entry.update(twin=str(twins[name[3:]]), twin_scale=twin_scale)
         result.metrics["methods"][name] = entry
         result.images[name] = images
-        print(f"{name}: FD {entry['fd']:.3f} ± {entry['fd_se']:.3f}, all-correct {entry['all']:.3f} ± {entry['all_se']:.3f} "
-              f"({summary.rendered} rendered, {summary.skipped} reused, in {out})", flush=True)
+        print(
+            f"{name}: FD {entry['fd']:.3f} ± {entry['fd_se']:.3f}, all-correct {entry['all']:.3f} ± {entry['all_se']:.3f} "
+            f"({summary.rendered} rendered, {summary.skipped} reused, in {out})",
+            flush=True,
+        )
     return result
 
 
@@ -145,7 +179,8 @@ def regime_checks(metrics: dict) -> dict:
         "headroom_alignment (unguided all-correct <= 0.85)": m["none"]["all"] <= 0.85,
         "best_cfg_scale": best,
         "best_fd_gain_over_unguided": 1 - cfg[best]["fd"] / m["none"]["fd"],
-        "u_shape (best FD >= 10% below unguided, largest scale worse than best)":
-            cfg[best]["fd"] <= 0.9 * m["none"]["fd"] and cfg[scales[-1]]["fd"] > cfg[best]["fd"],
+        "u_shape (best FD >= 10% below unguided, largest scale worse than best)": cfg[best]["fd"]
+        <= 0.9 * m["none"]["fd"]
+        and cfg[scales[-1]]["fd"] > cfg[best]["fd"],
         "alignment_rises_with_scale": bool(all(b >= a - 0.01 for a, b in zip(alignment, alignment[1:]))),
     }

@@ -55,8 +55,12 @@ class TwinGuidedWan(TwinGuidedTransformer):
 
 def twin_pipeline(pipe, twin_transformer: torch.nn.Module, scale: float):
     """A copy of `pipe` (same scheduler and text encoder) whose transformer is twin-guided."""
-    out = type(pipe)(transformer=TwinGuidedWan(pipe.transformer, twin_transformer, scale), scheduler=pipe.scheduler,
-                     text_encoder=pipe.text_encoder, num_frames=pipe.config.num_frames)
+    out = type(pipe)(
+        transformer=TwinGuidedWan(pipe.transformer, twin_transformer, scale),
+        scheduler=pipe.scheduler,
+        text_encoder=pipe.text_encoder,
+        num_frames=pipe.config.num_frames,
+    )
     out.set_progress_bar_config(disable=True)
     return out
 
@@ -88,7 +92,9 @@ def score_sets(videos: np.ndarray, prompts: list[str], per_set: int) -> tuple[di
     return _aggregate(sets), per_clip
 
 
-def references(captions: list[str], seed_sets: int, seed: int = 0, frames: int = clips.FRAMES) -> tuple[dict, dict, np.ndarray]:
+def references(
+    captions: list[str], seed_sets: int, seed: int = 0, frames: int = clips.FRAMES
+) -> tuple[dict, dict, np.ndarray]:
     """Real renders of the captions (one block per seed set) scored against their captions (the
     ceiling) and against a fixed derangement of the captions (chance); and the clips (uint8)."""
     parsed = [clips.parse_caption(c) for c in captions]
@@ -103,17 +109,25 @@ def references(captions: list[str], seed_sets: int, seed: int = 0, frames: int =
     return real, chance, np.round(videos * 255).astype(np.uint8)
 
 
-def _render_method(renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str) -> np.ndarray:
+def _render_method(
+    renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str
+) -> np.ndarray:
     """Render (or reuse) every clip of a method in chunks; returns (N, F, H, W, 3) uint8."""
-    manifest = {"renderer": renderer.describe(), "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-                "count": len(prompts), "batch_size": batch_size}
+    manifest = {
+        "renderer": renderer.describe(),
+        "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "count": len(prompts),
+        "batch_size": batch_size,
+    }
     out.mkdir(parents=True, exist_ok=True)
     mpath = out / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
         if old != manifest:
             diff = sorted(k for k in manifest if old.get(k) != manifest[k])
-            raise ConfigError(f"{out} holds clips of another run (differs in {', '.join(diff)}); remove it or pick another runs_dir")
+            raise ConfigError(
+                f"{out} holds clips of another run (differs in {', '.join(diff)}); remove it or pick another runs_dir"
+            )
     else:
         mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     chunks, rendered, start = [], 0, time.time()
@@ -158,10 +172,16 @@ def vbench_flickering(videos: np.ndarray, per_set: int) -> dict | None:
         s_ = np.array(sets(v))
         return float(s_.mean()), float(s_.std(ddof=1) / np.sqrt(len(s_))) if len(s_) > 1 else 0.0
 
-    return {"vbench": mean_se(theirs), "ours_static_region": mean_se(ours), "ours_whole_frame": mean_se(whole),
-            "max_abs_diff_vbench_vs_whole_frame_formula": float(np.abs(theirs - whole).max()),
-            "pearson_vbench_vs_ours": float(np.corrcoef(theirs, ours)[0, 1]) if theirs.std() > 0 and ours.std() > 0 else None,
-            "count": int(len(videos))}
+    return {
+        "vbench": mean_se(theirs),
+        "ours_static_region": mean_se(ours),
+        "ours_whole_frame": mean_se(whole),
+        "max_abs_diff_vbench_vs_whole_frame_formula": float(np.abs(theirs - whole).max()),
+        "pearson_vbench_vs_ours": float(np.corrcoef(theirs, ours)[0, 1])
+        if theirs.std() > 0 and ours.std() > 0
+        else None,
+        "count": int(len(videos)),
+    }
 
 
 def evaluate_clips(
@@ -182,15 +202,30 @@ def evaluate_clips(
     """No guidance, CFG at each scale, the profile's guidance specs, autoguidance with each twin."""
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
-    _check(prof.family == "toy" and prof.kind == "video" and (prof.height, prof.width) == (clips.SIZE, clips.SIZE),
-           "profile", profile, f"a toy-family video profile of {clips.SIZE}x{clips.SIZE} clips")
+    _check(
+        prof.family == "toy" and prof.kind == "video" and (prof.height, prof.width) == (clips.SIZE, clips.SIZE),
+        "profile",
+        profile,
+        f"a toy-family video profile of {clips.SIZE}x{clips.SIZE} clips",
+    )
     _check(isinstance(per_set, int) and per_set >= 10, "per_set", per_set, "an integer >= 10")
-    _check(isinstance(seed_sets, int) and seed_sets >= 3, "seed_sets", seed_sets, "an integer >= 3 (standard errors need them)")
+    _check(
+        isinstance(seed_sets, int) and seed_sets >= 3,
+        "seed_sets",
+        seed_sets,
+        "an integer >= 3 (standard errors need them)",
+    )
     _check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     for s in cfg_scales:
-        _check(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s >= 1, "cfg_scales", s,
-               "finite numbers >= 1")
-    _check(isinstance(twin_scale, (int, float)) and np.isfinite(twin_scale), "twin_scale", twin_scale, "a finite number")
+        _check(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s >= 1,
+            "cfg_scales",
+            s,
+            "finite numbers >= 1",
+        )
+    _check(
+        isinstance(twin_scale, (int, float)) and np.isfinite(twin_scale), "twin_scale", twin_scale, "a finite number"
+    )
     guided = {name: guidance_spec(prof, name) for name in specs}  # refuses unknown names before any work
     twins = dict(twins or {})
     for name, folder in twins.items():
@@ -200,9 +235,15 @@ def evaluate_clips(
 
     pipe = load_pipeline(prof)
     frames = pipe.config.num_frames
-    _check(prof.num_frames == frames, f"profiles.{profile}.num_frames", prof.num_frames, f"{frames}, the frames the model was trained on")
+    _check(
+        prof.num_frames == frames,
+        f"profiles.{profile}.num_frames",
+        prof.num_frames,
+        f"{frames}, the frames the model was trained on",
+    )
     renderers: dict[str, tuple[PipelineRenderer, float | None]] = {
-        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)}
+        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)
+    }
     for s in sorted({float(s) for s in cfg_scales} - {1.0}):
         renderers[f"cfg@{s:g}"] = (PipelineRenderer(prof, pipe, cfg_scale=s, base_seed=base_seed), 2.0)
     for name, spec in guided.items():
@@ -212,17 +253,35 @@ def evaluate_clips(
     for name, folder in twins.items():
         twin = type(pipe).from_pretrained(folder).transformer.eval()
         tp = twin_pipeline(pipe, twin, twin_scale)
-        renderers[f"ag_{name}"] = (PipelineRenderer(prof, tp, cfg_scale=1.0, base_seed=base_seed), tp.transformer.blocks_per_call())
+        renderers[f"ag_{name}"] = (
+            PipelineRenderer(prof, tp, cfg_scale=1.0, base_seed=base_seed),
+            tp.transformer.blocks_per_call(),
+        )
     for r, _ in renderers.values():
         r.validate(captions)
 
     print(f"references: real renders of {per_set} {split} captions x {seed_sets} sets", flush=True)
     real, chance, real_clips = references(captions, seed_sets, frames=frames)
-    result = T2VResult(metrics={
-        "profile": profile, "split": split, "per_set": per_set, "seed_sets": seed_sets, "steps": prof.steps,
-        "frames": frames, "base_seed": base_seed, "default_cfg_scale": prof.cfg_scale, "twin_scale": twin_scale,
-        "specs": {name: spec.to_dict() for name, spec in guided.items()},
-        "real": real, "chance": chance, "guess": guess_rates(captions), "methods": {}, "vbench_temporal_flickering": {}}, captions=captions)
+    result = T2VResult(
+        metrics={
+            "profile": profile,
+            "split": split,
+            "per_set": per_set,
+            "seed_sets": seed_sets,
+            "steps": prof.steps,
+            "frames": frames,
+            "base_seed": base_seed,
+            "default_cfg_scale": prof.cfg_scale,
+            "twin_scale": twin_scale,
+            "specs": {name: spec.to_dict() for name, spec in guided.items()},
+            "real": real,
+            "chance": chance,
+            "guess": guess_rates(captions),
+            "methods": {},
+            "vbench_temporal_flickering": {},
+        },
+        captions=captions,
+    )
     # VBench's own implementation where it runs on our clips (temporal_flickering; motion_smoothness
     # needs the AMT weights, not available offline): the real renders, unguided and the default CFG.
     vbench_methods = ("none", f"cfg@{prof.cfg_scale:g}")
@@ -235,8 +294,11 @@ def evaluate_clips(
         entry, per_clip = score_sets(videos, prompts, per_set)
         if cost is None:
             cost = renderer.nfe_per_step(prompts[0])
-        entry.update(nfe_per_step=float(cost), seconds=round(time.time() - t0, 1),
-                     unseen_note="test captions hold no held-out pair; see the 'unseen' split")
+        entry.update(
+            nfe_per_step=float(cost),
+            seconds=round(time.time() - t0, 1),
+            unseen_note="test captions hold no held-out pair; see the 'unseen' split",
+        )
         if name.startswith("cfg@") or name == "none":
             entry["cfg_scale"] = renderer.cfg_scale
         if name.startswith("ag_"):
@@ -245,8 +307,11 @@ def evaluate_clips(
         result.videos[name] = videos
         if name in vbench_methods:
             result.metrics["vbench_temporal_flickering"][name] = vbench_flickering(videos, per_set)
-        print(f"{name}: Total {entry['total']:.3f} ± {entry['total_se']:.3f}, semantic {entry['semantic']:.3f}, "
-              f"quality {entry['quality']:.3f}, shown & moving {entry['shown_and_moving']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"{name}: Total {entry['total']:.3f} ± {entry['total_se']:.3f}, semantic {entry['semantic']:.3f}, "
+            f"quality {entry['quality']:.3f}, shown & moving {entry['shown_and_moving']:.3f} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
     return result
 
 
@@ -255,9 +320,20 @@ def guess_rates(captions: list[str]) -> dict:
     colour) or a motion (among those the caption's layout allows) uniformly: a second chance level,
     stricter than the wrong-caption one for the dimensions it covers."""
     parsed = [clips.parse_caption(c) for c in captions]
-    motion = [np.mean([1.0 / (len(clips.MOTIONS) if c.relation is None else len(clips.RELATION_MOTIONS[c.relation]))
-                       for _ in c.objects]) for c in parsed]
-    return {"object_class": 1.0 / len(clips.SHAPES), "color": 1.0 / len(clips.COLOURS), "motion": float(np.mean(motion))}
+    motion = [
+        np.mean(
+            [
+                1.0 / (len(clips.MOTIONS) if c.relation is None else len(clips.RELATION_MOTIONS[c.relation]))
+                for _ in c.objects
+            ]
+        )
+        for c in parsed
+    ]
+    return {
+        "object_class": 1.0 / len(clips.SHAPES),
+        "color": 1.0 / len(clips.COLOURS),
+        "motion": float(np.mean(motion)),
+    }
 
 
 def acceptance(metrics: dict) -> dict:
@@ -277,6 +353,7 @@ def acceptance(metrics: dict) -> dict:
     }
     if default is not None:
         out["default_cfg_shown_and_moving"] = default["shown_and_moving"]
-        out["cfg_default (>= 80% of clips show the captioned objects in most frames, moving as captioned)"] = \
+        out["cfg_default (>= 80% of clips show the captioned objects in most frames, moving as captioned)"] = (
             default["shown_and_moving"] >= 0.8
+        )
     return out

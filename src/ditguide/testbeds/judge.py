@@ -28,17 +28,29 @@ class SceneJudge(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, FEATURES), nn.ReLU(),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(64 * 4 * 4, 128),
+            nn.ReLU(),
+            nn.Linear(128, FEATURES),
+            nn.ReLU(),
         )
         n_col = len(scenes.COLOURS)
-        self.heads = nn.ModuleDict({
-            "layout": nn.Linear(FEATURES, len(scenes.LAYOUTS)),
-            "digit0": nn.Linear(FEATURES, 10), "colour0": nn.Linear(FEATURES, n_col),
-            "digit1": nn.Linear(FEATURES, 10), "colour1": nn.Linear(FEATURES, n_col),
-        })
+        self.heads = nn.ModuleDict(
+            {
+                "layout": nn.Linear(FEATURES, len(scenes.LAYOUTS)),
+                "digit0": nn.Linear(FEATURES, 10),
+                "colour0": nn.Linear(FEATURES, n_col),
+                "digit1": nn.Linear(FEATURES, 10),
+                "colour1": nn.Linear(FEATURES, n_col),
+            }
+        )
 
     def features(self, images01: torch.Tensor) -> torch.Tensor:
         return self.body(images01.permute(0, 3, 1, 2).float())
@@ -63,7 +75,9 @@ def load_judge(path: str | Path) -> SceneJudge:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"scene judge weights not found at {path}: run `dvc repro train_scenes_judge` to create them")
+        raise FileNotFoundError(
+            f"scene judge weights not found at {path}: run `dvc repro train_scenes_judge` to create them"
+        )
     judge = SceneJudge()
     judge.load_state_dict(load_file(str(path)))
     return judge.eval()
@@ -83,8 +97,14 @@ class JudgeTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"train_scenes_judge.{name}={value!r} is out of range; allowed: a number")
-        rules = {"seed": self.seed >= 0, "renders": self.renders >= 100, "epochs": self.epochs >= 1,
-                 "batch_size": self.batch_size >= 1, "lr": 0 < self.lr < 1, "noise": 0 <= self.noise < 1}
+        rules = {
+            "seed": self.seed >= 0,
+            "renders": self.renders >= 100,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": 0 < self.lr < 1,
+            "noise": 0 <= self.noise < 1,
+        }
         for name, ok in rules.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
@@ -136,7 +156,10 @@ def judge_accuracy(judge: SceneJudge, pool: str = "train", count: int = 4000, se
     glyphs, labels = scenes.glyph_pool(pool)
     batch = scenes.sample_scenes(count, rng, pairs="all")
     with torch.no_grad():
-        out = {k: v.argmax(-1).numpy() for k, v in judge(torch.from_numpy(scenes.render(batch, glyphs, labels, rng))).items()}
+        out = {
+            k: v.argmax(-1).numpy()
+            for k, v in judge(torch.from_numpy(scenes.render(batch, glyphs, labels, rng))).items()
+        }
     y = {k: v.numpy() for k, v in _labels(batch).items()}
     acc = {}
     for key in ("layout", "digit0", "colour0", "digit1", "colour1"):
@@ -147,8 +170,11 @@ def judge_accuracy(judge: SceneJudge, pool: str = "train", count: int = 4000, se
 
 def train_and_save_judge(out: str | Path, cfg: JudgeTrainConfig = JudgeTrainConfig()) -> dict:
     judge = train_judge(cfg)
-    report = {"config": asdict(cfg), "trained_on": "renders of the held-out glyph pool",
-              "accuracy_on_train_pool_renders": judge_accuracy(judge, "train")}
+    report = {
+        "config": asdict(cfg),
+        "trained_on": "renders of the held-out glyph pool",
+        "accuracy_on_train_pool_renders": judge_accuracy(judge, "train"),
+    }
     save_judge(judge, out)
     report_path = Path(str(out).rsplit(".", 1)[0] + "_report.json")
     tmp = report_path.with_name(f".{report_path.name}.tmp")

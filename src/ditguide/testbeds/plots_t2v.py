@@ -22,22 +22,46 @@ def ucurve_figure(metrics: dict):
     others = {k: m for k, m in methods.items() if k != "none" and not k.startswith("cfg@")}
     fig, axes = plt.subplots(1, 3, figsize=(FULL, FULL / 3.4))
     x = np.arange(len(scales))
-    panels = (("total", "VBench-shaped Total $\\uparrow$"), ("semantic", "Semantic $\\uparrow$"), ("quality", "Quality $\\uparrow$"))
+    panels = (
+        ("total", "VBench-shaped Total $\\uparrow$"),
+        ("semantic", "Semantic $\\uparrow$"),
+        ("quality", "Quality $\\uparrow$"),
+    )
     for ax, (key, label) in zip(axes, panels):
-        ax.errorbar(x, [e[key] for e in entries], yerr=[1.96 * e[f"{key}_se"] for e in entries], color=color("cfg"),
-                    marker="o", ms=3, lw=1, capsize=2, label="CFG scale sweep")
+        ax.errorbar(
+            x,
+            [e[key] for e in entries],
+            yerr=[1.96 * e[f"{key}_se"] for e in entries],
+            color=color("cfg"),
+            marker="o",
+            ms=3,
+            lw=1,
+            capsize=2,
+            label="CFG scale sweep",
+        )
         ax.axhline(metrics["real"][key], color="#7f7f7f", ls="--", lw=0.8, label="real renders")
         ax.axhline(metrics["chance"][key], color="#7f7f7f", ls=":", lw=0.8, label="chance (wrong caption)")
         for j, (name, m) in enumerate(others.items()):
             marker, c = BASELINE_MARKERS.get(name, ("s", ["#2ca02c", "#98df8a"][j % 2]))
-            ax.errorbar([len(scales) + 0.2 + 0.3 * j], [m[key]], yerr=[1.96 * m[f"{key}_se"]], marker=marker, ms=3.5, lw=1,
-                        capsize=2, color=c, label=name.replace("ag_twin_early", "AG, early twin").replace("_", " "))
+            ax.errorbar(
+                [len(scales) + 0.2 + 0.3 * j],
+                [m[key]],
+                yerr=[1.96 * m[f"{key}_se"]],
+                marker=marker,
+                ms=3.5,
+                lw=1,
+                capsize=2,
+                color=c,
+                label=name.replace("ag_twin_early", "AG, early twin").replace("_", " "),
+            )
         ax.set_xticks([*x, len(scales) + 0.2 + 0.15 * max(0, len(others) - 1)], [*(f"{s:g}" for s in scales), "other"])
         ax.set_xlabel("CFG scale")
         ax.set_ylabel(label)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.legend(handles, labels, frameon=False, loc="upper center", ncol=len(labels), fontsize=6, bbox_to_anchor=(0.5, 0.0))
+    fig.legend(
+        handles, labels, frameon=False, loc="upper center", ncol=len(labels), fontsize=6, bbox_to_anchor=(0.5, 0.0)
+    )
     return fig
 
 
@@ -61,9 +85,17 @@ def sample_strip(videos: dict[str, np.ndarray], methods: list[str], captions: li
     frames = videos[methods[0]].shape[1]
     clip_w = frames * size + 3
     ax.set_yticks([size * (i + 0.5) for i in range(len(methods))], methods, fontsize=6)
-    ax.set_xticks([clip_w * (i + 0.5) for i in range(clips_shown)],
-                  [c.replace(" left of", "\nleft of").replace(" right of", "\nright of").replace(" above", "\nabove").replace(" below", "\nbelow")
-                   for c in captions[:clips_shown]], fontsize=5)
+    ax.set_xticks(
+        [clip_w * (i + 0.5) for i in range(clips_shown)],
+        [
+            c.replace(" left of", "\nleft of")
+            .replace(" right of", "\nright of")
+            .replace(" above", "\nabove")
+            .replace(" below", "\nbelow")
+            for c in captions[:clips_shown]
+        ],
+        fontsize=5,
+    )
     ax.tick_params(length=0)
     for s in ax.spines.values():
         s.set_visible(False)
@@ -72,11 +104,23 @@ def sample_strip(videos: dict[str, np.ndarray], methods: list[str], captions: li
 
 
 COLUMNS = ("total", "quality", "semantic", "shown_and_moving", *M.SEMANTIC, *M.QUALITY)
-SHORT = {"total": "Total", "quality": "Quality", "semantic": "Semantic", "shown_and_moving": "shown+moving",
-         "object_class": "object", "multiple_objects": "multiple", "color": "colour", "spatial_relationship": "spatial",
-         "motion": "motion", "subject_consistency": "subject", "background_consistency": "backgr.",
-         "temporal_flickering": "flicker", "motion_smoothness": "smooth", "dynamic_degree": "dynamic",
-         "imaging_quality": "imaging"}
+SHORT = {
+    "total": "Total",
+    "quality": "Quality",
+    "semantic": "Semantic",
+    "shown_and_moving": "shown+moving",
+    "object_class": "object",
+    "multiple_objects": "multiple",
+    "color": "colour",
+    "spatial_relationship": "spatial",
+    "motion": "motion",
+    "subject_consistency": "subject",
+    "background_consistency": "backgr.",
+    "temporal_flickering": "flicker",
+    "motion_smoothness": "smooth",
+    "dynamic_degree": "dynamic",
+    "imaging_quality": "imaging",
+}
 
 
 def _rows(metrics: dict):
@@ -88,12 +132,16 @@ def _rows(metrics: dict):
 def table(metrics: dict) -> str:
     rows = [(name, cost, *(f"{m[k]:.3f}$\\pm${m[k + '_se']:.3f}" for k in COLUMNS)) for name, cost, m in _rows(metrics)]
     return latex_table(
-        rows, ["method", "NFE/step", *(SHORT[k] for k in COLUMNS)],
-        caption=(f"T2V testbed (Wan-architecture toy), {metrics['split']} captions: {metrics['seed_sets']} seed sets of "
-                 f"{metrics['per_set']} clips (mean $\\pm$ standard error over seed sets), {metrics['steps']} Euler steps, "
-                 f"{metrics['frames']} frames. VBench-shaped Total with exact judges. AG: trained early twin, "
-                 f"$w={metrics['twin_scale']:g}$ (untuned)."),
-        label=f"tab:t2v_toy_{metrics['profile']}")
+        rows,
+        ["method", "NFE/step", *(SHORT[k] for k in COLUMNS)],
+        caption=(
+            f"T2V testbed (Wan-architecture toy), {metrics['split']} captions: {metrics['seed_sets']} seed sets of "
+            f"{metrics['per_set']} clips (mean $\\pm$ standard error over seed sets), {metrics['steps']} Euler steps, "
+            f"{metrics['frames']} frames. VBench-shaped Total with exact judges. AG: trained early twin, "
+            f"$w={metrics['twin_scale']:g}$ (untuned)."
+        ),
+        label=f"tab:t2v_toy_{metrics['profile']}",
+    )
 
 
 def markdown_table(metrics: dict, columns=COLUMNS) -> str:

@@ -47,8 +47,10 @@ HELDOUT_GLYPHS = 597  # of 1,797 (the rest, 1,200, is the train pool)
 
 # Top-left corner of each slot: (layout, slot) -> (row, col); slot 0 is left / top / centre.
 SLOTS = {
-    ("horizontal", 0): (4, 0), ("horizontal", 1): (4, 8),
-    ("vertical", 0): (0, 4), ("vertical", 1): (8, 4),
+    ("horizontal", 0): (4, 0),
+    ("horizontal", 1): (4, 8),
+    ("vertical", 0): (0, 4),
+    ("vertical", 1): (8, 4),
     ("single", 0): (4, 4),
 }
 
@@ -79,7 +81,9 @@ class Scene:
             if not (0 <= d <= 9):
                 raise SceneError(f"digit {d} is out of range; allowed: 0..9")
             if not (0 <= c < len(COLOURS)):
-                raise SceneError(f"palette index {c} is out of range; allowed: 0..{len(COLOURS) - 1} ({', '.join(COLOURS)})")
+                raise SceneError(
+                    f"palette index {c} is out of range; allowed: 0..{len(COLOURS) - 1} ({', '.join(COLOURS)})"
+                )
         if len(self.objects) == 2:
             if self.relation not in RELATIONS:
                 raise SceneError(f"relation {self.relation!r} cannot be drawn; allowed: {', '.join(RELATIONS)}")
@@ -115,11 +119,15 @@ def parse_caption(caption: str) -> Scene:
     known = set(vocabulary())
     unknown = [w for w in words if w not in known]
     if unknown:
-        raise SceneError(f"caption {caption!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(vocabulary())}")
+        raise SceneError(
+            f"caption {caption!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(vocabulary())}"
+        )
 
     def obj(pair: list[str]) -> tuple[int, int]:
         if len(pair) != 2 or pair[0] not in PALETTE or pair[1] not in DIGIT_WORDS:
-            raise SceneError(f"caption {caption!r}: an object is '<colour> <digit>' (colours: {', '.join(COLOURS)}), got {' '.join(pair)!r}")
+            raise SceneError(
+                f"caption {caption!r}: an object is '<colour> <digit>' (colours: {', '.join(COLOURS)}), got {' '.join(pair)!r}"
+            )
         return DIGIT_WORDS.index(pair[1]), COLOURS.index(pair[0])
 
     if len(words) == 2:
@@ -128,8 +136,10 @@ def parse_caption(caption: str) -> Scene:
         n = len(rel.split())
         if len(words) == 4 + n and " ".join(words[2 : 2 + n]) == rel:
             return Scene((obj(words[:2]), obj(words[2 + n :])), rel)
-    raise SceneError(f"caption {caption!r} is not '<colour> <digit>' or '<colour> <digit> <relation> <colour> <digit>' "
-                     f"(relations: {', '.join(RELATIONS)})")
+    raise SceneError(
+        f"caption {caption!r} is not '<colour> <digit>' or '<colour> <digit> <relation> <colour> <digit>' "
+        f"(relations: {', '.join(RELATIONS)})"
+    )
 
 
 def glyph_pool(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -141,13 +151,16 @@ def glyph_pool(name: str) -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     labels = digits.target.astype(np.int64)
-    a, b = train_test_split(np.arange(len(labels)), test_size=HELDOUT_GLYPHS, random_state=GLYPH_SPLIT_SEED, stratify=labels)
+    a, b = train_test_split(
+        np.arange(len(labels)), test_size=HELDOUT_GLYPHS, random_state=GLYPH_SPLIT_SEED, stratify=labels
+    )
     idx = np.sort(a if name == "train" else b)
     return (digits.images[idx] / 16.0).astype(np.float32), labels[idx]
 
 
-def sample_scenes(count: int, rng: np.random.Generator, *, single_fraction: float = SINGLE_FRACTION,
-                  pairs: str = "seen") -> list[Scene]:
+def sample_scenes(
+    count: int, rng: np.random.Generator, *, single_fraction: float = SINGLE_FRACTION, pairs: str = "seen"
+) -> list[Scene]:
     """Random scenes. pairs: "seen" (no held-out pair, the training distribution), "unseen" (two
     objects, at least one held-out pair) or "all"."""
     if pairs not in ("seen", "unseen", "all"):

@@ -67,11 +67,17 @@ class ScenesTrainConfig:
             "num_layers": (self.num_layers >= 1, ">= 1"),
             "num_single_layers": (self.num_single_layers >= 1, ">= 1"),
             "num_attention_heads": (self.num_attention_heads >= 1, ">= 1"),
-            "attention_head_dim": (self.attention_head_dim >= 8 and self.attention_head_dim % 4 == 0, "a multiple of 4, >= 8"),
+            "attention_head_dim": (
+                self.attention_head_dim >= 8 and self.attention_head_dim % 4 == 0,
+                "a multiple of 4, >= 8",
+            ),
             "text_dim": (self.text_dim >= 4, ">= 4"),
             "early_fraction": (0 < self.early_fraction < 1, "in (0, 1)"),
             "shallow_layers": (1 <= self.shallow_layers <= self.num_layers, "in 1..num_layers"),
-            "shallow_single_layers": (1 <= self.shallow_single_layers <= self.num_single_layers, "in 1..num_single_layers"),
+            "shallow_single_layers": (
+                1 <= self.shallow_single_layers <= self.num_single_layers,
+                "in 1..num_single_layers",
+            ),
         }
         for name, (ok, allowed) in rules.items():
             value = getattr(self, name)
@@ -98,16 +104,20 @@ def build_prompt_encoder(cfg: ScenesTrainConfig) -> ToyPromptEncoder:
     """The frozen encoder: seeded random word and position embeddings (word order matters: which
     object is left), a fixed random token mix. Nothing in it is trained."""
     torch.manual_seed(cfg.seed + 1)
-    encoder = ToyPromptEncoder(vocabulary=["<pad>", "<unk>", *scenes.vocabulary()], max_length=TEXT_TOKENS, embed_dim=cfg.text_dim)
+    encoder = ToyPromptEncoder(
+        vocabulary=["<pad>", "<unk>", *scenes.vocabulary()], max_length=TEXT_TOKENS, embed_dim=cfg.text_dim
+    )
     with torch.no_grad():
         encoder.position_embedding.normal_()
     return encoder.requires_grad_(False).eval()
 
 
 def _pipeline(transformer, encoder) -> ToyPipeline:
-    return ToyPipeline(transformer=transformer.eval(),
-                       scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
-                       prompt_encoder=encoder)
+    return ToyPipeline(
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        prompt_encoder=encoder,
+    )
 
 
 def _save(pipe: ToyPipeline, out_dir: Path, log: dict) -> None:
@@ -123,8 +133,14 @@ def _save(pipe: ToyPipeline, out_dir: Path, log: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train_one(cfg: ScenesTrainConfig, encoder: ToyPromptEncoder, *, shallow: bool = False, snapshot_at: int | None = None,
-              progress: bool = True) -> tuple[FluxTransformer2DModel, list[float], FluxTransformer2DModel | None]:
+def train_one(
+    cfg: ScenesTrainConfig,
+    encoder: ToyPromptEncoder,
+    *,
+    shallow: bool = False,
+    snapshot_at: int | None = None,
+    progress: bool = True,
+) -> tuple[FluxTransformer2DModel, list[float], FluxTransformer2DModel | None]:
     """One training run; returns (model, losses, copy of the model after `snapshot_at` steps)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -137,7 +153,9 @@ def train_one(cfg: ScenesTrainConfig, encoder: ToyPromptEncoder, *, shallow: boo
     ids = image_ids(height=scenes.SIZE, width=scenes.SIZE)
     txt_ids = torch.zeros(TEXT_TOKENS, 3)
     losses, snapshot = [], None
-    bar = tqdm(range(cfg.steps), desc="train shallow twin" if shallow else "train scenes", disable=not progress, mininterval=5)
+    bar = tqdm(
+        range(cfg.steps), desc="train shallow twin" if shallow else "train scenes", disable=not progress, mininterval=5
+    )
     for step in bar:
         batch = scenes.sample_scenes(cfg.batch_size, rng)
         x0 = pack(torch.from_numpy(scenes.render(batch, glyphs, labels, rng) * 2.0 - 1.0))
@@ -146,8 +164,15 @@ def train_one(cfg: ScenesTrainConfig, encoder: ToyPromptEncoder, *, shallow: boo
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))  # logit-normal(0, 1)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        pred = transformer(hidden_states=xt, timestep=t, pooled_projections=pooled, encoder_hidden_states=embeds,
-                           txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
+        pred = transformer(
+            hidden_states=xt,
+            timestep=t,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=txt_ids,
+            img_ids=ids,
+            return_dict=False,
+        )[0]
         loss = torch.nn.functional.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,7 +188,9 @@ def train_one(cfg: ScenesTrainConfig, encoder: ToyPromptEncoder, *, shallow: boo
     return transformer.eval(), losses, snapshot
 
 
-def train_scenes(out_dir: str | os.PathLike, cfg: ScenesTrainConfig = ScenesTrainConfig(), progress: bool = True) -> dict:
+def train_scenes(
+    out_dir: str | os.PathLike, cfg: ScenesTrainConfig = ScenesTrainConfig(), progress: bool = True
+) -> dict:
     """Train the testbed and its twins into out_dir/{model,twin_early,twin_shallow}; returns a summary."""
     out_dir = Path(out_dir)
     encoder = build_prompt_encoder(cfg)
@@ -178,15 +205,24 @@ def train_scenes(out_dir: str | os.PathLike, cfg: ScenesTrainConfig = ScenesTrai
 
     def log(name, transformer, losses, seconds, steps):
         n = sum(p.numel() for p in transformer.parameters())
-        entry = {"config": asdict(cfg), "variant": name, "steps_trained": steps, "parameters": n, "seconds": round(seconds),
-                 "final_loss_mean_last_100": float(np.mean(losses[max(0, steps - 100) : steps])), "loss": losses[:steps]}
+        entry = {
+            "config": asdict(cfg),
+            "variant": name,
+            "steps_trained": steps,
+            "parameters": n,
+            "seconds": round(seconds),
+            "final_loss_mean_last_100": float(np.mean(losses[max(0, steps - 100) : steps])),
+            "loss": losses[:steps],
+        }
         summary[name] = {k: v for k, v in entry.items() if k not in ("loss", "config")}
         return entry
 
     # The three folders are written last, each atomically: an interrupted run leaves the old ones.
-    logs = {"model": log("model", model, losses, main_s, cfg.steps),
-            "twin_early": log("twin_early", early, losses, main_s * early_step / cfg.steps, early_step),
-            "twin_shallow": log("twin_shallow", shallow, shallow_losses, shallow_s, cfg.steps)}
+    logs = {
+        "model": log("model", model, losses, main_s, cfg.steps),
+        "twin_early": log("twin_early", early, losses, main_s * early_step / cfg.steps, early_step),
+        "twin_shallow": log("twin_shallow", shallow, shallow_losses, shallow_s, cfg.steps),
+    }
     for name, transformer in (("model", model), ("twin_early", early), ("twin_shallow", shallow)):
         _save(_pipeline(transformer, encoder), out_dir / name, logs[name])
     return summary

@@ -57,12 +57,24 @@ class ClipsTrainConfig:
             "batch_size": (isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
             "lr": (0 < self.lr < 1, "in (0, 1)"),
             "prompt_dropout": (0 < self.prompt_dropout < 1, "in (0, 1) (CFG needs an unconditional model)"),
-            "frames": (isinstance(self.frames, int) and self.frames >= 2 and self.frames % self.patch_t == 0,
-                       "an integer >= 2, a multiple of patch_t"),
-            "num_layers": (isinstance(self.num_layers, int) and self.num_layers >= 8, "an integer >= 8 (the issue's minimum)"),
-            "num_attention_heads": (isinstance(self.num_attention_heads, int) and self.num_attention_heads >= 1, "an integer >= 1"),
-            "attention_head_dim": (isinstance(self.attention_head_dim, int) and self.attention_head_dim >= 12
-                                   and self.attention_head_dim % 2 == 0, "an even integer >= 12 (Wan's 3-axis RoPE)"),
+            "frames": (
+                isinstance(self.frames, int) and self.frames >= 2 and self.frames % self.patch_t == 0,
+                "an integer >= 2, a multiple of patch_t",
+            ),
+            "num_layers": (
+                isinstance(self.num_layers, int) and self.num_layers >= 8,
+                "an integer >= 8 (the issue's minimum)",
+            ),
+            "num_attention_heads": (
+                isinstance(self.num_attention_heads, int) and self.num_attention_heads >= 1,
+                "an integer >= 1",
+            ),
+            "attention_head_dim": (
+                isinstance(self.attention_head_dim, int)
+                and self.attention_head_dim >= 12
+                and self.attention_head_dim % 2 == 0,
+                "an even integer >= 12 (Wan's 3-axis RoPE)",
+            ),
             "ffn_dim": (isinstance(self.ffn_dim, int) and self.ffn_dim >= 1, "an integer >= 1"),
             "text_dim": (isinstance(self.text_dim, int) and self.text_dim >= 4, "an integer >= 4"),
             "patch_t": (self.patch_t in (1, 2), "1 or 2"),
@@ -95,17 +107,21 @@ def build_prompt_encoder(cfg: ClipsTrainConfig) -> ToyPromptEncoder:
     """The frozen encoder, built as the T2I testbed's (`testbeds.train.build_prompt_encoder`):
     seeded random word and position embeddings, a fixed random token mix; nothing is trained."""
     torch.manual_seed(cfg.seed + 1)
-    encoder = ToyPromptEncoder(vocabulary=["<pad>", "<unk>", *clips.vocabulary()], max_length=clips.MAX_WORDS,
-                               embed_dim=cfg.text_dim)
+    encoder = ToyPromptEncoder(
+        vocabulary=["<pad>", "<unk>", *clips.vocabulary()], max_length=clips.MAX_WORDS, embed_dim=cfg.text_dim
+    )
     with torch.no_grad():
         encoder.position_embedding.normal_()
     return encoder.requires_grad_(False).eval()
 
 
 def pipeline(transformer: WanTransformer3DModel, encoder: ToyPromptEncoder, frames: int) -> ToyVideoPipeline:
-    pipe = ToyVideoPipeline(transformer=transformer.eval(),
-                            scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
-                            text_encoder=encoder, num_frames=frames)
+    pipe = ToyVideoPipeline(
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        text_encoder=encoder,
+        num_frames=frames,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -115,8 +131,14 @@ def to_model(videos01: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(videos01 * 2.0 - 1.0).permute(0, 4, 1, 2, 3).contiguous()
 
 
-def train_clips_model(cfg: ClipsTrainConfig, encoder: ToyPromptEncoder, *, snapshot_at: int | None = None,
-                      progress: bool = True, log_every: int = 100):
+def train_clips_model(
+    cfg: ClipsTrainConfig,
+    encoder: ToyPromptEncoder,
+    *,
+    snapshot_at: int | None = None,
+    progress: bool = True,
+    log_every: int = 100,
+):
     """One training run; returns (model, losses, copy of the model after `snapshot_at` steps)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -150,7 +172,10 @@ def train_clips_model(cfg: ClipsTrainConfig, encoder: ToyPromptEncoder, *, snaps
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{cfg.steps}: loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f} s)", flush=True)
+            print(
+                f"step {step + 1}/{cfg.steps}: loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f} s)",
+                flush=True,
+            )
         if snapshot_at is not None and step + 1 == snapshot_at:
             snapshot = build_transformer(cfg)
             snapshot.load_state_dict(transformer.state_dict())
@@ -168,10 +193,17 @@ def train_clips(out_dir: str | os.PathLike, cfg: ClipsTrainConfig = ClipsTrainCo
     summary = {"config": asdict(cfg)}
     logs = {}
     for name, transformer, steps in (("model", model, cfg.steps), ("twin_early", early, early_step)):
-        entry = {"config": asdict(cfg), "variant": name, "steps_trained": steps,
-                 "parameters": sum(p.numel() for p in transformer.parameters()),
-                 "seconds": round(seconds * steps / cfg.steps), "image_size": clips.SIZE, "num_frames": cfg.frames,
-                 "final_loss_mean_last_100": float(np.mean(losses[max(0, steps - 100) : steps])), "loss": losses[:steps]}
+        entry = {
+            "config": asdict(cfg),
+            "variant": name,
+            "steps_trained": steps,
+            "parameters": sum(p.numel() for p in transformer.parameters()),
+            "seconds": round(seconds * steps / cfg.steps),
+            "image_size": clips.SIZE,
+            "num_frames": cfg.frames,
+            "final_loss_mean_last_100": float(np.mean(losses[max(0, steps - 100) : steps])),
+            "loss": losses[:steps],
+        }
         summary[name] = {k: v for k, v in entry.items() if k not in ("loss", "config")}
         logs[name] = entry
     # Both folders are written last, each atomically: an interrupted run leaves the old ones.

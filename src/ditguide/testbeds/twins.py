@@ -49,6 +49,7 @@ class TwinGuidedTransformer(torch.nn.Module):
 
     def blocks_per_call(self) -> float:
         """Cost of one call in forwards of the main model, counted in transformer blocks."""
+
         def blocks(m):
             return len(m.transformer_blocks) + len(m.single_transformer_blocks)
 
@@ -57,5 +58,8 @@ class TwinGuidedTransformer(torch.nn.Module):
 
 def twin_pipeline(pipe, twin_transformer: torch.nn.Module, scale: float):
     """A copy of `pipe` (same scheduler and prompt encoder) whose transformer is twin-guided."""
-    return type(pipe)(transformer=TwinGuidedTransformer(pipe.transformer, twin_transformer, scale),
-                      scheduler=pipe.scheduler, prompt_encoder=pipe.prompt_encoder)
+    return type(pipe)(
+        transformer=TwinGuidedTransformer(pipe.transformer, twin_transformer, scale),
+        scheduler=pipe.scheduler,
+        prompt_encoder=pipe.prompt_encoder,
+    )

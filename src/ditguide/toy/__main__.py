@@ -33,8 +33,10 @@ def _train_model(out: str, params: dict) -> None:
         raise ConfigError(f"params train_toy: {err}") from None
     start = time.time()
     log = train_toy(out, cfg)
-    print(f"trained toy model: {log['parameters']} parameters, final loss {log['final_loss_mean_last_100']:.4f}, "
-          f"{time.time() - start:.0f} s")
+    print(
+        f"trained toy model: {log['parameters']} parameters, final loss {log['final_loss_mean_last_100']:.4f}, "
+        f"{time.time() - start:.0f} s"
+    )
     print(f"wrote {out}")
 
 
@@ -62,8 +64,9 @@ def _train_judge(out: str, params: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ditguide.toy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ditguide.toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("what", choices=["model", "judge"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--params", default="params.yaml")

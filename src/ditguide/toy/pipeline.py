@@ -75,7 +75,9 @@ class ToyPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prompt_encoder is None:
-            raise ValueError("this pipeline has no prompt_encoder: pass prompt_embeds and pooled_prompt_embeds instead of prompt")
+            raise ValueError(
+                "this pipeline has no prompt_encoder: pass prompt_embeds and pooled_prompt_embeds instead of prompt"
+            )
         return self.prompt_encoder(prompts)
 
     @torch.no_grad()
@@ -155,13 +157,21 @@ class ToyPipeline(DiffusionPipeline):
                     # One transformer call, keyword for keyword as FluxPipeline makes it.
                     with self.transformer.cache_context(context):
                         return self.transformer(
-                            hidden_states=latents, timestep=timestep / 1000, guidance=None, pooled_projections=pooled,
-                            encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=latent_ids, return_dict=False,
+                            hidden_states=latents,
+                            timestep=timestep / 1000,
+                            guidance=None,
+                            pooled_projections=pooled,
+                            encoder_hidden_states=embeds,
+                            txt_ids=txt_ids,
+                            img_ids=latent_ids,
+                            return_dict=False,
                         )[0]
 
                 noise_pred = predict("cond", prompt_embeds, pooled_prompt_embeds, text_ids)
                 if do_cfg:
-                    neg_noise_pred = predict("uncond", negative_prompt_embeds, negative_pooled_prompt_embeds, negative_text_ids)
+                    neg_noise_pred = predict(
+                        "uncond", negative_prompt_embeds, negative_pooled_prompt_embeds, negative_text_ids
+                    )
                     noise_pred = neg_noise_pred + guidance_scale * (noise_pred - neg_noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:

@@ -30,7 +30,9 @@ class ToyPromptEncoder(ModelMixin, ConfigMixin):
         vocabulary = list(vocabulary or default_vocabulary())
         self.token_embedding = nn.Embedding(len(vocabulary), embed_dim)
         self.position_embedding = nn.Parameter(torch.zeros(max_length, embed_dim))
-        self.mix = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
+        self.mix = nn.Sequential(
+            nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
+        )
         self.pool = nn.Linear(embed_dim, embed_dim)
         self._index = {w: i for i, w in enumerate(vocabulary)}
 
@@ -40,13 +42,17 @@ class ToyPromptEncoder(ModelMixin, ConfigMixin):
         for row, prompt in enumerate(prompts):
             words = prompt.lower().split()
             if len(words) > max_length:
-                raise ValueError(f"prompt has {len(words)} words; the toy prompt encoder takes at most {max_length}: {prompt!r}")
+                raise ValueError(
+                    f"prompt has {len(words)} words; the toy prompt encoder takes at most {max_length}: {prompt!r}"
+                )
             unknown = [w for w in words if w not in self._index]
             if unknown:
                 # An unknown word would silently become <unk>: the model would render from a prompt
                 # nobody wrote. Refuse, and say what the encoder knows.
                 known = [w for w in self._index if not w.startswith("<")]
-                raise ValueError(f"prompt {prompt!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(known)}")
+                raise ValueError(
+                    f"prompt {prompt!r} has words outside the vocabulary: {unknown}; vocabulary: {' '.join(known)}"
+                )
             ids[row, : len(words)] = torch.tensor([self._index[w] for w in words], dtype=torch.long)
         return ids
 

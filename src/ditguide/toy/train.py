@@ -47,14 +47,20 @@ class ToyTrainConfig:
             "attention_head_dim": self.attention_head_dim >= 8 and self.attention_head_dim % 4 == 0,
         }
         allowed = {
-            "steps": ">= 1", "batch_size": ">= 1", "lr": "in (0, 1)",
+            "steps": ">= 1",
+            "batch_size": ">= 1",
+            "lr": "in (0, 1)",
             "prompt_dropout": "in (0, 1) (CFG needs an unconditional model)",
-            "num_layers": ">= 1", "num_single_layers": ">= 1", "num_attention_heads": ">= 1",
+            "num_layers": ">= 1",
+            "num_single_layers": ">= 1",
+            "num_attention_heads": ">= 1",
             "attention_head_dim": "a multiple of 4, >= 8 (it is split over 3 rope axes)",
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"toy training parameter {name}={getattr(self, name)!r} is out of range; allowed: {allowed[name]}")
+                raise ValueError(
+                    f"toy training parameter {name}={getattr(self, name)!r} is out of range; allowed: {allowed[name]}"
+                )
         if self.num_layers + self.num_single_layers < 6:
             raise ValueError("the toy model needs at least 6 blocks in total (num_layers + num_single_layers >= 6)")
 
@@ -116,8 +122,13 @@ def train_toy(out_dir: str | os.PathLike, cfg: ToyTrainConfig = ToyTrainConfig()
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
         embeds, pooled = encoder(_training_prompts(labels[pick], templates, dropped))
         pred = transformer(
-            hidden_states=xt, timestep=t, pooled_projections=pooled, encoder_hidden_states=embeds,
-            txt_ids=txt_ids, img_ids=ids, return_dict=False,
+            hidden_states=xt,
+            timestep=t,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=txt_ids,
+            img_ids=ids,
+            return_dict=False,
         )[0]
         loss = torch.nn.functional.mse_loss(pred, noise - x0)  # rectified-flow velocity target
         opt.zero_grad(set_to_none=True)
@@ -134,8 +145,13 @@ def train_toy(out_dir: str | os.PathLike, cfg: ToyTrainConfig = ToyTrainConfig()
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
         prompt_encoder=encoder.eval(),
     )
-    log = {"config": asdict(cfg), "loss": losses, "final_loss_mean_last_100": sum(losses[-100:]) / min(100, len(losses)),
-           "image_size": IMAGE_SIZE, "parameters": sum(p.numel() for p in params)}
+    log = {
+        "config": asdict(cfg),
+        "loss": losses,
+        "final_loss_mean_last_100": sum(losses[-100:]) / min(100, len(losses)),
+        "image_size": IMAGE_SIZE,
+        "parameters": sum(p.numel() for p in params),
+    }
     # The old model stays in place until the new one is complete (renamed aside, then deleted).
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)

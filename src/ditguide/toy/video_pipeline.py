@@ -54,7 +54,9 @@ class ToyVideoPipeline(WanPipeline):
         # WanPipeline.__init__ wants a tokenizer and a VAE; this pipeline has neither.
         DiffusionPipeline.__init__(self)
         if boundary_ratio is not None or expand_timesteps:
-            raise ValueError("ToyVideoPipeline is one-transformer Wan 2.1: boundary_ratio must be None and expand_timesteps False")
+            raise ValueError(
+                "ToyVideoPipeline is one-transformer Wan 2.1: boundary_ratio must be None and expand_timesteps False"
+            )
         self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder)
         self.register_to_config(num_frames=int(num_frames), boundary_ratio=None, expand_timesteps=False)
         self.tokenizer = None
@@ -63,11 +65,14 @@ class ToyVideoPipeline(WanPipeline):
         self.vae_scale_factor_temporal = 1
         self.vae_scale_factor_spatial = 1
 
-    def _get_t5_prompt_embeds(self, prompt=None, num_videos_per_prompt: int = 1, max_sequence_length: int = 226,
-                              device=None, dtype=None):
+    def _get_t5_prompt_embeds(
+        self, prompt=None, num_videos_per_prompt: int = 1, max_sequence_length: int = 226, device=None, dtype=None
+    ):
         """WanPipeline's text path, with the toy encoder (max_sequence_length is the encoder's own)."""
         if self.text_encoder is None:
-            raise ValueError("this pipeline has no text_encoder: pass prompt_embeds (and negative_prompt_embeds) instead of prompt")
+            raise ValueError(
+                "this pipeline has no text_encoder: pass prompt_embeds (and negative_prompt_embeds) instead of prompt"
+            )
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
         embeds = encode_text(self.text_encoder, prompt)
         embeds = embeds.to(device=device or self._execution_device, dtype=dtype or self.text_encoder.dtype)
@@ -106,7 +111,9 @@ class ToyVideoPipeline(WanPipeline):
         pt = self.transformer.config.patch_size[0]
         for name, size, mult in (("height", height, ph), ("width", width, pw), ("num_frames", num_frames, pt)):
             if not (isinstance(size, int) and size >= mult and size % mult == 0):
-                raise ValueError(f"{name} must be a positive multiple of {mult} (the transformer's patch), got {size!r}")
+                raise ValueError(
+                    f"{name} must be a positive multiple of {mult} (the transformer's patch), got {size!r}"
+                )
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         if (prompt is None) == (prompt_embeds is None):
@@ -122,9 +129,14 @@ class ToyVideoPipeline(WanPipeline):
         device = self._execution_device
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=self.do_classifier_free_guidance,
-            num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length, device=device,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            num_videos_per_prompt=num_videos_per_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            max_sequence_length=max_sequence_length,
+            device=device,
         )
         dtype = self.transformer.dtype
         prompt_embeds = prompt_embeds.to(dtype)
@@ -158,17 +170,28 @@ class ToyVideoPipeline(WanPipeline):
                 self._current_timestep = t
                 latent_model_input = latents.to(dtype)
                 timestep = t.expand(latents.shape[0])
-                cache_context_kwargs = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]),
-                                        "num_inference_steps": self._num_timesteps}
+                cache_context_kwargs = {
+                    "step_index": i,
+                    "sigma": float(self.scheduler.sigmas[i]),
+                    "num_inference_steps": self._num_timesteps,
+                }
                 with self.transformer.cache_context("cond", **cache_context_kwargs):
-                    noise_pred = self.transformer(hidden_states=latent_model_input, timestep=timestep,
-                                                  encoder_hidden_states=prompt_embeds, attention_kwargs=attention_kwargs,
-                                                  return_dict=False)[0]
+                    noise_pred = self.transformer(
+                        hidden_states=latent_model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=prompt_embeds,
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )[0]
                 if self.do_classifier_free_guidance:
                     with self.transformer.cache_context("uncond", **cache_context_kwargs):
-                        noise_uncond = self.transformer(hidden_states=latent_model_input, timestep=timestep,
-                                                        encoder_hidden_states=negative_prompt_embeds,
-                                                        attention_kwargs=attention_kwargs, return_dict=False)[0]
+                        noise_uncond = self.transformer(
+                            hidden_states=latent_model_input,
+                            timestep=timestep,
+                            encoder_hidden_states=negative_prompt_embeds,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )[0]
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
