@@ -60,7 +60,6 @@ def test_replace_dir_puts_the_old_folder_back_when_the_new_one_cannot_move_in(tm
 # Writers that other changes own at the moment still hand-roll their temporary files; and
 # vbench_run.py runs in VBench's own environment, where ditguide is not installed.
 HAND_ROLLED_ALLOWED = (
-    "src/ditguide/testbeds/",
     "src/ditguide/metrics/vbench_run.py",
     "src/ditguide/metrics/vbench_flicker_run.py",
 )

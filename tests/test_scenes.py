@@ -1,5 +1,7 @@
 """The glyph-scene testbed: generator ground truth, caption errors, judge, metrics, twin guidance."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -343,3 +345,27 @@ def test_testbed_cli_refuses_bad_parameters_in_one_line_before_any_work(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(match, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_save_pipeline_replaces_a_model_folder_only_when_complete(tmp_path, monkeypatch):
+    """The trainers' save: a failed save leaves the old folder as it was; a finished one replaces it."""
+    from ditguide.testbeds.train import save_pipeline
+    from ditguide.toy.pipeline import ToyPipeline
+
+    pipe = ToyPipeline.from_pretrained("data/scenes/twin_shallow")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(ToyPipeline, "save_pretrained", broken)
+        with pytest.raises(OSError, match="disk full"):
+            save_pipeline(pipe, out, {"steps": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (out / "old.txt").read_text() == "old"
+    save_pipeline(pipe, out, {"steps": 1})
+    assert not (out / "old.txt").exists() and (out / "model_index.json").is_file()
+    assert json.loads((out / "train_log.json").read_text()) == {"steps": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary or old folder left behind

@@ -29,7 +29,6 @@ PACKAGE = SRC / "ditguide"
 KNOWN_PRIVATE_IMPORTS = {
     ("ditguide.analysis", "ditguide.render", "_weights_fingerprint"),  # render.weights_fingerprint is public
     ("ditguide.testbeds.plots_t2v", "ditguide.testbeds.plots", "_cfg_curve"),
-    ("ditguide.testbeds.train_t2v", "ditguide.testbeds.train", "_save"),
 }
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from ..metrics import clips as M
 from ..metrics import vbench_score as vb
 from ..profiles import ConfigError, load_params, load_pipeline, load_profile
@@ -138,9 +138,8 @@ def _render_method(
             continue
         idx = list(range(k0, min(k0 + batch_size, len(prompts))))
         frames = np.stack(renderer.render([prompts[i] for i in idx], idx))
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, frames)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp.npy") as tmp:  # np.save keeps a ".npy" name as it is
+            np.save(tmp, frames)
         chunks.append(frames)
         rendered += len(idx)
         print(f"  {label}: {k0 + len(idx)}/{len(prompts)} clips ({time.time() - start:.0f} s)", flush=True)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..io import write_text_atomic
 from . import scenes
 
 FEATURES = 64
@@ -63,11 +64,10 @@ class SceneJudge(nn.Module):
 def save_judge(judge: SceneJudge, path: str | Path) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
 
 
 def load_judge(path: str | Path) -> SceneJudge:
@@ -177,7 +177,5 @@ def train_and_save_judge(out: str | Path, cfg: JudgeTrainConfig = JudgeTrainConf
     }
     save_judge(judge, out)
     report_path = Path(str(out).rsplit(".", 1)[0] + "_report.json")
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(report_path)
+    write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
     return report

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,17 +118,14 @@ def _pipeline(transformer, encoder) -> ToyPipeline:
     )
 
 
-def _save(pipe: ToyPipeline, out_dir: Path, log: dict) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+def save_pipeline(pipe, out_dir: Path, log: dict) -> None:
+    """The pipeline folder and its training log, replacing `out_dir` only once complete (the old
+    folder is renamed aside first, never deleted before the new one is in place: ditguide.io)."""
+    from ..io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "train_log.json").write_text(json.dumps(log))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_one(
@@ -224,5 +219,5 @@ def train_scenes(
         "twin_shallow": log("twin_shallow", shallow, shallow_losses, shallow_s, cfg.steps),
     }
     for name, transformer in (("model", model), ("twin_early", early), ("twin_shallow", shallow)):
-        _save(_pipeline(transformer, encoder), out_dir / name, logs[name])
+        save_pipeline(_pipeline(transformer, encoder), out_dir / name, logs[name])
     return summary

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..toy.prompt_encoder import ToyPromptEncoder
 from ..toy.video_pipeline import ToyVideoPipeline, encode_text
 from . import clips
-from .train import _save
+from .train import save_pipeline
 
 
 @dataclass(frozen=True)
@@ -208,5 +208,5 @@ def train_clips(out_dir: str | os.PathLike, cfg: ClipsTrainConfig = ClipsTrainCo
         logs[name] = entry
     # Both folders are written last, each atomically: an interrupted run leaves the old ones.
     for name, transformer in (("model", model), ("twin_early", early)):
-        _save(pipeline(transformer, encoder, cfg.frames), out_dir / name, logs[name])
+        save_pipeline(pipeline(transformer, encoder, cfg.frames), out_dir / name, logs[name])
     return summary
