@@ -32,7 +32,7 @@ from scipy.linalg import LinAlgWarning
 
 from ..guidance import GuidanceSpec, preset
 from ..metrics.scenes import load_judge, read, scene_metrics
-from ..profiles import ConfigError, load_params, load_pipeline, load_profile
+from ..profiles import ConfigError, load_pipeline, load_profile
 from ..render import PipelineRenderer
 from . import scenes
 from .evaluate import reference_and_floor
@@ -342,7 +342,7 @@ def search(
     scored on all seed sets: its alignment is the rule's floor."""
     sets = budget["seed_sets"]
     ref = scorer.score(reference, sets)
-    out = {"reference": reference.name, "reference_metrics": _public(ref), "families": {}}
+    out = {"reference": reference.name, "reference_metrics": dict(ref), "families": {}}
     floor_alignment = ref[rule["alignment"]]
     for fam, configs in fams.items():
         configs = budgeted(configs, budget["configs"], seed + len(fam))
@@ -363,18 +363,12 @@ def search(
         rung1 = {k: scorer.score(next(m for m in configs if m.name == k), sets) for k in ranked[: budget["keep"]]}
         best, ok = choose(rung1, rule, floor_alignment, cost_cap=False)
         out["families"][fam] = {
-            "configs": [
-                {**asdict(m), "rung0": _public(rung0[m.name]), "rung1": _public(rung1.get(m.name))} for m in configs
-            ],
+            "configs": [{**asdict(m), "rung0": rung0[m.name], "rung1": rung1.get(m.name)} for m in configs],
             "choice": best,
             "meets_alignment_floor": ok,
         }
         log(f"[dev {fam}] choice: {best} (FD {rung1[best]['fd']:.0f}, all {rung1[best]['all']:.3f})")
     return out
-
-
-def _public(entry: dict | None) -> dict | None:
-    return None if entry is None else {k: v for k, v in entry.items() if k != "per_set"} | {"per_set": entry["per_set"]}
 
 
 def selected_method(
@@ -387,10 +381,6 @@ def selected_method(
         entries[name] = next(c["rung1"] for c in dev["families"][fam]["configs"] if c["name"] == name)
     best, _ = choose(entries, rule, floor_alignment, cost_cap=True)
     return next(m for fam in ours_families for m in fams[fam] if m.name == best)
-
-
-def method_from_dict(d: dict) -> Method:
-    return Method(**{k: d[k] for k in Method.__dataclass_fields__})
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -441,15 +431,6 @@ def check_design_params(p: dict) -> None:
             raise ConfigError(
                 f"guidance_design.grid.{key}={values!r} is not allowed; allowed: a non-empty list of numbers >= 0"
             )
-
-
-def load_design(profile: str, params="params.yaml") -> dict:
-    params = load_params(params) if not isinstance(params, dict) else params
-    p = params.get("guidance_design")
-    if not isinstance(p, dict):
-        raise ConfigError("params.yaml has no guidance_design section")
-    check_design_params(p)
-    return p
 
 
 def test_methods(
@@ -570,7 +551,7 @@ def run_test(
     results = {}
     for m in methods:
         e = scorer.score(m, t["seed_sets"])
-        results[m.name] = {**_public(e), "family": m.family, "label": m.label, "method": asdict(m)}
+        results[m.name] = {**e, "family": m.family, "label": m.label, "method": asdict(m)}
         log(
             f"[test] {m.label}: FD {e['fd']:.0f} ± {e['fd_se']:.0f}, all {e['all']:.3f} ± {e['all_se']:.3f}, "
             f"NFE/step {e['nfe_per_step']:.2f}"
