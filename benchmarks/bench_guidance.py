@@ -1,4 +1,4 @@
-"""Cost of every guidance method: time per step relative to CFG, and block evaluations per step.
+"""Cost of every guidance method: time per step and peak memory relative to CFG, block evaluations per step.
 
     python benchmarks/bench_guidance.py                    # tiny pipelines of every family, CPU
     python benchmarks/bench_guidance.py --full-size        # FLUX.1-dev, CogView4-6B, Wan2.1-1.3B; CUDA, bf16
@@ -10,10 +10,17 @@ process CPU time (one thread), best of `--repeats` interleaved runs, so that oth
 shared machine disturb it little. Tiny models are dominated by Python overhead, so their time
 ratios show the wrapper's bookkeeping, not the compute saved; the "medium" Flux (width 256,
 12 blocks, 64 image tokens) is where compute dominates. Block evaluations are exact everywhere.
+Peak memory (CPU): the most bytes of tensor storages allocated during one run and alive at the same
+time (`PeakTensorMemory`: every aten op's fresh outputs, weakly referenced, so a freed one stops
+counting; kernel-internal scratch is not seen), in a run of its own after the timed ones. Weights
+exist before the run and are not counted: this is the activation memory that batched branches
+multiply, and `mem_vs_cfg` is its ratio to plain CFG's.
 
 Full size: random-weight transformers built from the published configs (hard-coded below; nothing
 is downloaded), called through GuidedDenoiser with a fixed clock at realistic token counts;
-CUDA-event timing. Results: benchmarks/results/guidance_cpu.json / guidance_<gpu>.json.
+CUDA-event timing; peak memory from the CUDA allocator (`peak_mem_gb` with the weights, `act_peak_gb`
+above what was allocated before the method ran, `mem_vs_cfg` the latter's ratio to CFG's).
+Results: benchmarks/results/guidance_cpu.json / guidance_<gpu>.json.
 
 Targets: the wrapper with guidance off costs <= 2% over the plain pipeline; CFG + autoguidance with
 prefix sharing costs fewer block evaluations (and less time at full size) than the naive 3 passes.
@@ -32,6 +39,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
 
 from ditguide.denoiser import GuidedDenoiser  # noqa: E402
 from ditguide.families import get_family  # noqa: E402
@@ -126,7 +136,52 @@ def methods(num_blocks: int) -> dict[str, tuple[dict, dict]]:
         "cfg+ag shared": (ag, {}),
         "cfg+ag batched naive": (ag, {"mode": "batched", "share_prefix": False}),
         "cfg+ag batched shared": (ag, {"mode": "batched"}),
+        # The memory budget of generation (--max-batch-branches): at most 2 of the 3 branches per call.
+        "cfg+ag batched max 2": (ag, {"mode": "batched", "max_batch_branches": 2}),
     }
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storages allocated inside the context and alive at the same time.
+
+    The CPU allocator keeps no statistics (torch.cuda.max_memory_allocated has no CPU twin), and
+    tracemalloc sees Python objects, not tensor data. This mode sees every aten op: each output whose
+    storage is new (not a view or an in-place result of an input) is counted until it is freed,
+    which a weak reference to its storage tells. Sweeping the live set on every op is slow: use it
+    for a run of its own, not a timed one.
+    """
+
+    def __enter__(self):
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.now = self.peak = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(key)[1]
+        inputs = {
+            StorageWeakRef(t.untyped_storage()).cdata
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            ref = StorageWeakRef(storage)
+            if ref.cdata not in inputs and ref.cdata not in self.live:
+                self.live[ref.cdata] = (ref, storage.nbytes())
+                self.now += storage.nbytes()
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+def peak_bytes(fn) -> int:
+    """Peak activation bytes of `fn()` (see PeakTensorMemory)."""
+    with PeakTensorMemory() as tracker:
+        fn()
+    return tracker.peak
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,6 +257,10 @@ def bench_cpu(args) -> dict:
         runs = {"plain": plain_run}
         for method, (spec, options) in methods(num_blocks).items():
             if not args.methods or method in args.methods:
+                if "max_batch_branches" in options:
+                    # run_guided takes a mode, not the cap: the cap's grouping as explicit groups.
+                    den = GuidedDenoiser(pipe.transformer, spec, scheduler=pipe.scheduler, **options)
+                    options = {"mode": den.explicit_groups(), "share_prefix": den.share_prefix}
                 runs[method] = lambda spec=spec, options=options: run_guided(pipe, spec, **options, **call())[1]
         # CPU time of this process (one thread), not wall time: other processes on a shared machine
         # then disturb the numbers much less. Interleaved repeats, best per method.
@@ -212,6 +271,7 @@ def bench_cpu(args) -> dict:
                 t0 = time.process_time()
                 fn()
                 times[k].append(time.process_time() - t0)
+        memory = {k: peak_bytes(fn) for k, fn in runs.items()}
         plain = min(times.pop("plain")) / args.steps
         rows = {}
         for method, ts in times.items():
@@ -220,14 +280,18 @@ def bench_cpu(args) -> dict:
                 "step_ms": 1e3 * min(ts) / args.steps,
                 "block_evals_per_step": cost.block_evals / args.steps,
                 "nfe_per_step": cost.nfe / args.steps,
+                "act_peak_mb": memory[method] / 2**20,
             }
         cfg_ms = rows.get("cfg", {}).get("step_ms")
+        cfg_mem = rows.get("cfg", {}).get("act_peak_mb")
         for row in rows.values():
             row["time_vs_cfg"] = row["step_ms"] / cfg_ms if cfg_ms else None
+            row["mem_vs_cfg"] = row["act_peak_mb"] / cfg_mem if cfg_mem else None
         off = rows.get("off", {}).get("step_ms")
         report[name] = {
             "blocks_per_forward": num_blocks,
             "plain_step_ms": 1e3 * plain,
+            "plain_act_peak_mb": memory["plain"] / 2**20,
             "wrapper_overhead": (off / (1e3 * plain) - 1.0) if off else None,
             "wrapper_bookkeeping_us_per_call": bookkeeping_us(pipe, family),
             "methods": rows,
@@ -338,6 +402,9 @@ def bench_full(args, device: str = "cuda") -> dict:
                 if args.methods and method not in args.methods:
                     continue
                 step = {"i": 0}
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()  # this method's peak, not an earlier one's
+                    before = torch.cuda.memory_allocated()
                 den = GuidedDenoiser(
                     model,
                     spec,
@@ -361,10 +428,13 @@ def bench_full(args, device: str = "cuda") -> dict:
                 }
                 if cuda:
                     rows[method]["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                    torch.cuda.reset_peak_memory_stats()
+                    rows[method]["act_peak_gb"] = (torch.cuda.max_memory_allocated() - before) / 2**30
         cfg_ms = rows.get("cfg", {}).get("step_ms")
+        cfg_mem = rows.get("cfg", {}).get("act_peak_gb")
         for row in rows.values():
             row["time_vs_cfg"] = row["step_ms"] / cfg_ms if cfg_ms else None
+            if "act_peak_gb" in row:
+                row["mem_vs_cfg"] = row["act_peak_gb"] / cfg_mem if cfg_mem else None
         off = rows.get("off", {}).get("step_ms")
         report[family] = {
             "params": params,
@@ -391,11 +461,13 @@ def print_family(name: str, r: dict) -> None:
     )
     if "wrapper_bookkeeping_us_per_call" in r:
         print(f"wrapper bookkeeping (guidance off): {r['wrapper_bookkeeping_us_per_call']:.1f} us per call")
-    print(f"{'method':24s} {'ms/step':>9s} {'vs CFG':>7s} {'blocks/step':>12s} {'NFE/step':>9s}")
+    print(f"{'method':24s} {'ms/step':>9s} {'vs CFG':>7s} {'blocks/step':>12s} {'NFE/step':>9s} {'mem vs CFG':>11s}")
     for method, row in r["methods"].items():
         ratio = f"{row['time_vs_cfg']:.2f}" if row["time_vs_cfg"] is not None else "-"
+        mem = f"{row['mem_vs_cfg']:.2f}" if row.get("mem_vs_cfg") is not None else "-"
         print(
-            f"{method:24s} {row['step_ms']:9.2f} {ratio:>7s} {row['block_evals_per_step']:12.2f} {row['nfe_per_step']:9.2f}"
+            f"{method:24s} {row['step_ms']:9.2f} {ratio:>7s} {row['block_evals_per_step']:12.2f} "
+            f"{row['nfe_per_step']:9.2f} {mem:>11s}"
         )
     m = r["methods"]
     if "cfg+ag naive" in m and "cfg+ag shared" in m:

@@ -12,6 +12,22 @@ changes. Branches are evaluated
 - in explicit groups (a list of lists of branch names, e.g. [["uncond", "cond"], ["slg"]], which is
   how StableDiffusion3Pipeline itself runs SLG).
 
+`max_batch_branches=k` caps every forward at k branches (batched branches multiply activation
+memory): a larger group is cut in sequential order, so k = 1 is sequential mode and k >= the number
+of branches is the mode as given.
+
+Caches (diffusers' `transformer.enable_cache(...)`): their hooks keep state between calls, keyed by
+the pipeline's `cache_context` name. With FirstBlockCache, TaylorSeer, MagCache or pyramid attention
+broadcast enabled, every unedited branch runs as its own forward in its own cache context, "cond"
+for the positive prompt and "uncond" for the negative one, as the pipelines run their own CFG; so
+CFG under the wrapper is the cache's CFG bit for bit. Branches with edited blocks are refused
+(the cache would serve them state the unedited branches wrote), unless `cache_bypass_edited=True`:
+then their forwards run with the cache's hooks detached, in full, and never read or write its state
+(nor share a block prefix with a cached forward, whose block outputs the cache may have
+approximated). FasterCache and caches not listed are refused (unless guidance is off: one plain
+branch, the pipeline's own call). Under a cache the cost report counts the blocks as planned; the
+blocks the cache skips are not subtracted.
+
 Prefix sharing: two branches on the same prompt whose edits start at block k agree on blocks < k,
 so those blocks run once. Within a batched forward, a shared block runs on the representative rows
 only and its output is copied to the other rows (equal up to batch-size-dependent float kernels).
@@ -43,7 +59,14 @@ from .families import get_family
 from .families.base import active_rows, batch_rows, bind_block_arguments, block_forward_signature, gather_rows
 from .guidance import GuidanceSpec, StepInfo
 from .guidance.cost import CostReport, StepCost, planned_evals
-from .guidance.planner import CompiledBranch, forward_groups, plan_key, plan_step, representative_rows
+from .guidance.planner import (
+    CompiledBranch,
+    cap_groups,
+    forward_groups,
+    plan_key,
+    plan_step,
+    representative_rows,
+)
 
 MODES = ("sequential", "batched")
 # Transformer inputs that never carry the batch dimension (Flux position ids), whatever their shape.
@@ -53,6 +76,94 @@ _HOOK_NAMES = (f"ditguide.guidance.{i}" for i in itertools.count())
 
 class GuidanceError(ValueError):
     """A guidance run that cannot go ahead as configured; the message names the parameter."""
+
+
+# --------------------------------------------------------------------------------------------------
+# diffusers caches (see the module docstring and README, "Caches under guidance")
+
+# Caches whose state is keyed by the cache context name (FirstBlockCache, TaylorSeer, MagCache) or
+# that keep one state per attention module whatever the context (PAB): with one forward per unedited
+# branch in the pipelines' context names, both reproduce the pipelines' own CFG call for call.
+SUPPORTED_CACHES = (
+    "FirstBlockCacheConfig",
+    "TaylorSeerCacheConfig",
+    "MagCacheConfig",
+    "PyramidAttentionBroadcastConfig",
+)
+# Unedited branches run in the context names the pipelines use for their own CFG calls.
+CACHE_CONTEXT = {"pos": "cond", "neg": "uncond"}
+
+
+def _cache_hook_names() -> frozenset[str]:
+    """The hook names diffusers 0.42's `enable_cache` registers (the ones `disable_cache` removes)."""
+    from diffusers.hooks.faster_cache import _FASTER_CACHE_BLOCK_HOOK, _FASTER_CACHE_DENOISER_HOOK
+    from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
+    from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
+    from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK
+    from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
+
+    return frozenset(
+        {
+            _FASTER_CACHE_BLOCK_HOOK,
+            _FASTER_CACHE_DENOISER_HOOK,
+            _FBC_BLOCK_HOOK,
+            _FBC_LEADER_BLOCK_HOOK,
+            _MAG_CACHE_BLOCK_HOOK,
+            _MAG_CACHE_LEADER_BLOCK_HOOK,
+            _PYRAMID_ATTENTION_BROADCAST_HOOK,
+            _TAYLORSEER_CACHE_HOOK,
+        }
+    )
+
+
+def _splice_out(module: torch.nn.Module, registry, name: str) -> tuple:
+    """Take hook `name` out of `module`'s diffusers hook chain, state untouched; `_splice_in` undoes it.
+
+    Not `HookRegistry.remove_hook` and `register_hook`: registering again calls `initialize_hook`,
+    which gives FasterCache and PAB a fresh state, and puts the hook outermost; and `remove_hook`
+    mis-links a hook that is not the outermost (see edits/hooks.py). The hook object, its state and
+    its `fn_ref` stay as they are; only the links to it are cut, and `_splice_in` puts them back.
+    """
+    index = registry._hook_order.index(name)
+    fn_ref = registry._fn_refs[index]
+    inner = fn_ref.original_forward if fn_ref.original_forward is not None else fn_ref.forward
+    if index == len(registry._hook_order) - 1:
+        holder, attr = module, "forward"
+    else:
+        holder = registry._fn_refs[index + 1]
+        # A hook with new_forward calls original_forward; a pre/post-only hook calls forward.
+        attr = "original_forward" if holder.original_forward is not None else "forward"
+    entry = getattr(holder, attr)  # this hook's way in, as the next layer out calls it
+    setattr(holder, attr, inner)
+    hook = registry.hooks.pop(name)
+    registry._hook_order.pop(index)
+    registry._fn_refs.pop(index)
+    return registry, index, name, hook, fn_ref, holder, attr, entry
+
+
+def _splice_in(registry, index, name, hook, fn_ref, holder, attr, entry) -> None:
+    registry._hook_order.insert(index, name)
+    registry._fn_refs.insert(index, fn_ref)
+    setattr(holder, attr, entry)
+    order = {n: i for i, n in enumerate(registry._hook_order)}
+    hooks = {**registry.hooks, name: hook}
+    registry.hooks.clear()
+    registry.hooks.update(sorted(hooks.items(), key=lambda item: order[item[0]]))
+
+
+@contextlib.contextmanager
+def _cache_detached(sites: Sequence[tuple[torch.nn.Module, Any]], names: frozenset[str]) -> Iterator[None]:
+    """The model with its cache hooks out of the chain: a forward inside runs in full and neither
+    reads nor writes the cache's state. Restored exactly (same chain, same state) on exit."""
+    taken = []
+    try:
+        for module, registry in sites:
+            for name in [n for n in registry._hook_order if n in names]:
+                taken.append(_splice_out(module, registry, name))
+        yield
+    finally:
+        for item in reversed(taken):
+            _splice_in(*item)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,6 +298,9 @@ class GuidedDenoiser(torch.nn.Module):
     own_cfg: a callable that is true while the calling pipeline runs its own CFG (read at every call;
         a spec with terms then raises instead of guiding twice). Pipelines that call their transformer
         in an 'uncond' cache context are caught there as well.
+    max_batch_branches: at most this many branches per forward call (None: as `mode` groups them).
+    cache_bypass_edited: with a diffusers cache enabled, run the branches with edited blocks outside
+        the cache (in full) instead of refusing them; see the module docstring.
     """
 
     def __init__(
@@ -202,6 +316,8 @@ class GuidedDenoiser(torch.nn.Module):
         unbatched: Sequence[str] = DEFAULT_UNBATCHED,
         count: str = "plan",
         own_cfg: Callable[[], bool] | None = None,
+        max_batch_branches: int | None = None,
+        cache_bypass_edited: bool = False,
     ):
         super().__init__()
         if isinstance(transformer, GuidedDenoiser):
@@ -222,6 +338,17 @@ class GuidedDenoiser(torch.nn.Module):
         self.num_blocks = len(self.family.blocks(transformer))
         self._branches, self._alias = self._compile_branches()
         self.mode = self._check_mode(mode)
+        if max_batch_branches is not None and (
+            isinstance(max_batch_branches, bool) or not isinstance(max_batch_branches, int) or max_batch_branches < 1
+        ):
+            raise GuidanceError(
+                f"max_batch_branches = {max_batch_branches!r}: must be None (every forward group batched whole) "
+                "or an integer >= 1 (at most that many branches per forward call)"
+            )
+        self.max_batch_branches = max_batch_branches
+        self.cache_bypass_edited = bool(cache_bypass_edited)
+        self._cache_kwargs: dict = {}  # the pipeline's cache context fields (step_index, sigma...) of this call
+        self._cache_sites: tuple[Any, list] | None = None
         self.negative: dict[str, Any] | None = None
         if negative is not None:
             self.set_negative(**negative)
@@ -289,11 +416,44 @@ class GuidedDenoiser(torch.nn.Module):
                 "pass negative_prompt_embeds (and negative_pooled_prompt_embeds where the pipeline has them), "
                 "or set_negative(...) on the denoiser"
             )
-        caching = getattr(self.transformer, "is_cache_enabled", False)
-        if self.spec.terms and caching and len(self.spec.used_branches) > 1:
+        self._check_cache()
+
+    def _cache_config(self) -> Any:
+        """The enabled diffusers cache's config, or None."""
+        if not getattr(self.transformer, "is_cache_enabled", False):
+            return None
+        return getattr(self.transformer, "_cache_config", None)
+
+    def _check_cache(self) -> None:
+        config = self._cache_config()
+        if config is None:
+            return
+        cache = type(config).__name__
+        edited = [k for k, b in self._branches.items() if b.edits]
+        # Without terms and edits the only call is the pipeline's own (guidance off): the cache's business.
+        if not self.spec.terms and not edited:
+            return
+        if cache == "FasterCacheConfig":
             raise GuidanceError(
-                "the transformer has a diffusers cache enabled; caches key their state per pipeline call and would mix "
-                "guidance branches. Disable it (transformer.disable_cache()) before guided sampling"
+                "the transformer has a diffusers cache enabled (FasterCacheConfig), which GuidedDenoiser cannot drive: "
+                "its denoiser hook takes every transformer call for a batch [unconditional, conditional] stacked by "
+                "the pipeline's own batched CFG and keeps one state for all calls, so it would approximate the wrong "
+                "rows of the guidance branches. Disable it (transformer.disable_cache()), or use FirstBlockCache, "
+                "TaylorSeer, MagCache or pyramid attention broadcast"
+            )
+        if cache not in SUPPORTED_CACHES:
+            raise GuidanceError(
+                f"the transformer has a diffusers cache enabled ({cache}) that GuidedDenoiser has not been checked "
+                f"with; supported under guidance: {', '.join(SUPPORTED_CACHES)}. Disable it "
+                "(transformer.disable_cache()) before guided sampling"
+            )
+        if edited and not self.cache_bypass_edited:
+            raise GuidanceError(
+                f"the transformer has a diffusers cache enabled ({cache}) and the guidance spec has branches with "
+                f"edited blocks {edited}: the cache's hooks wrap the blocks the edits change and keep state between "
+                "calls, so an edited branch would read state an unedited branch wrote. Disable the cache "
+                "(transformer.disable_cache()), or pass cache_bypass_edited=True to GuidedDenoiser to run the edited "
+                "branches in full outside the cache (the unedited branches stay cached)"
             )
 
     # ---- what the pipelines read from their transformer ------------------------------------------
@@ -317,8 +477,13 @@ class GuidedDenoiser(torch.nn.Module):
             # would be guided again. Fail loudly instead of guiding twice.
             self._refuse_own_cfg("it made an 'uncond' call")
         inner = getattr(self.transformer, "cache_context", None)
-        with inner(name, **kwargs) if inner is not None else contextlib.nullcontext():
-            yield
+        # The branches' own contexts (see _cache_scope) carry the pipeline's fields (Wan: step_index, sigma).
+        self._cache_kwargs = dict(kwargs)
+        try:
+            with inner(name, **kwargs) if inner is not None else contextlib.nullcontext():
+                yield
+        finally:
+            self._cache_kwargs = {}
 
     def __getattr__(self, name: str):
         try:
@@ -380,7 +545,8 @@ class GuidedDenoiser(torch.nn.Module):
         hidden = kwargs["hidden_states"]
         if names and all(self._alias[n] == self._alias[self.spec.base] for n in names) and self._plain(self.spec.base):
             # Guidance inactive at this step: exactly the pipeline's own call.
-            out = self.transformer(*args, return_dict=False, **kwargs)[0]
+            with self._cache_scope(cached=True, prompt="pos"):
+                out = self.transformer(*args, return_dict=False, **kwargs)[0]
             record.forwards += 1
             record.block_evals += self.num_blocks
             record.branches.append(self.spec.base)
@@ -402,7 +568,9 @@ class GuidedDenoiser(torch.nn.Module):
         hidden = kwargs["hidden_states"]
         if cfg.get("out_channels", None) in (None, cfg.get("in_channels", None)):
             return torch.zeros_like(hidden)
-        out = self.transformer(return_dict=False, **kwargs)[0]
+        # Only the output's shape is used: outside any cache, whose state this call must not advance.
+        with self._cache_scope(cached=False):
+            out = self.transformer(return_dict=False, **kwargs)[0]
         record.forwards += 1
         record.block_evals += self.num_blocks
         return torch.zeros_like(out)
@@ -436,14 +604,56 @@ class GuidedDenoiser(torch.nn.Module):
         record.branches.extend(keys)
         inputs = {p: self._inputs(p, kwargs) for p in {self._branches[k].prompt for k in keys}}
         forwards = []
-        for group in forward_groups(keys, self._branches, self.mode, self._alias):
+        groups = cap_groups(
+            forward_groups(keys, self._branches, self.mode, self._alias), self._branches, self.max_batch_branches
+        )
+        for group in groups:
             forwards += self._split_compatible(group, inputs)
-        plans = plan_step(forwards, self._branches, self.share_prefix)
+        if self._cache_config() is None:
+            cached = [False] * len(forwards)
+            plans = plan_step(forwards, self._branches, self.share_prefix)
+        else:
+            forwards, cached, plans = self._cache_plan(forwards)
         results: dict[str, torch.Tensor] = {}
         store: dict = {}
         for i, group in enumerate(forwards):
-            results.update(self._run_forward(group, inputs, plans, i, store, record))
+            results.update(self._run_forward(group, inputs, plans, i, store, record, cached[i]))
         return {n: results[self._alias[n]] for n in names}
+
+    def _cache_plan(self, forwards: list[list[str]]) -> tuple[list[list[str]], list[bool], list[dict]]:
+        """Forwards under a cache: each unedited branch alone and cached (in its prompt's context, as the
+        pipelines' own CFG calls), the edited ones as grouped, uncached. Prefix sharing only among the
+        uncached forwards: a cached forward's block outputs may be the cache's approximations."""
+        out: list[list[str]] = []
+        cached: list[bool] = []
+        for group in forwards:
+            plain = [k for k in group if not self._branches[k].edits]
+            edited = [k for k in group if self._branches[k].edits]
+            out += [[k] for k in plain] + ([edited] if edited else [])
+            cached += [True] * len(plain) + ([False] if edited else [])
+        uncached = [g for g, c in zip(out, cached) if not c]
+        shared = iter(plan_step(uncached, self._branches, self.share_prefix))
+        plans = [{"within": {}, "replay": None} if c else next(shared) for c in cached]
+        return out, cached, plans
+
+    def _cache_scope(self, cached: bool, prompt: str = "pos"):
+        """The cache's context for one forward: `prompt`'s context name if `cached`, else the cache's hooks
+        detached. No cache: nothing."""
+        config = self._cache_config()
+        if config is None:
+            return contextlib.nullcontext()
+        if cached:
+            return self.transformer.cache_context(CACHE_CONTEXT[prompt], **self._cache_kwargs)
+        if self._cache_sites is None or self._cache_sites[0] is not config:
+            # Found once per enabled cache: walking every module costs ~ms per forward on a full-size model.
+            names = _cache_hook_names()
+            sites = [
+                (m, reg)
+                for m in self.transformer.modules()
+                if (reg := m.__dict__.get("_diffusers_hook")) is not None and names & set(reg._hook_order)
+            ]
+            self._cache_sites = (config, sites)
+        return _cache_detached(self._cache_sites[1], _cache_hook_names())
 
     def _split_compatible(self, group: list[str], inputs: dict) -> list[list[str]]:
         """Split a group into sub-groups whose inputs can be stacked (e.g. prompts of equal length)."""
@@ -486,7 +696,7 @@ class GuidedDenoiser(torch.nn.Module):
 
     # ---- one forward: the planned sharing installed as hooks, the branches' edits on their rows ---------
 
-    def _run_forward(self, group, inputs, plans, index, store, record) -> dict[str, torch.Tensor]:
+    def _run_forward(self, group, inputs, plans, index, store, record, cached=False) -> dict[str, torch.Tensor]:
         br = self._branches
         batch = inputs[br[group[0]].prompt]["hidden_states"].shape[0]
         parts = [inputs[br[k].prompt] for k in group]
@@ -521,6 +731,8 @@ class GuidedDenoiser(torch.nn.Module):
                 outer.append((blocks[depth - 1], _RecordHook(store, (donor, depth), rows)))
         edited = [(k, j) for j, k in enumerate(group) if br[k].edits]
         with contextlib.ExitStack() as stack:
+            # Entered first: an uncached forward's edits are attached with the cache's hooks already out.
+            stack.enter_context(self._cache_scope(cached, br[group[0]].prompt))
             stack.enter_context(_hooks(installs))
             for k, j in edited:
                 rows = None if len(group) == 1 else list(range(j * batch, (j + 1) * batch))
@@ -539,5 +751,16 @@ class GuidedDenoiser(torch.nn.Module):
             infos[index] = self.family.block_info(self.transformer, index)
         return infos[index]
 
+    def explicit_groups(self) -> list[list[str]]:
+        """The forward groups of a step that needs every used branch, as explicit `mode` groups (spec branch
+        names; an alias goes with its branch): `mode=den.explicit_groups()` then groups the same way."""
+        used = self.spec.used_branches
+        keys = list(dict.fromkeys(self._alias[n] for n in used))
+        groups = cap_groups(
+            forward_groups(keys, self._branches, self.mode, self._alias), self._branches, self.max_batch_branches
+        )
+        return [[n for k in g for n in used if self._alias[n] == k] for g in groups]
+
     def extra_repr(self) -> str:
-        return f"spec={self.spec.name or self.spec.to_dict()}, mode={self.mode}, share_prefix={self.share_prefix}"
+        cap = "" if self.max_batch_branches is None else f", max_batch_branches={self.max_batch_branches}"
+        return f"spec={self.spec.name or self.spec.to_dict()}, mode={self.mode}, share_prefix={self.share_prefix}{cap}"

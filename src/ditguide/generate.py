@@ -664,6 +664,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="decode the existing samples first and render the damaged ones (undecodable, wrong size) again",
     )
+    parser.add_argument(
+        "--max-batch-branches",
+        type=_max_batch_branches,
+        default=None,
+        metavar="K",
+        help="guided specs: batch the guidance branches of a step, at most K per transformer call (memory grows "
+        "with K; 1 = one branch per call). Default: one branch per call",
+    )
     parser.add_argument("--no-progress", action="store_true")
     from .cli import add_debug_flag, run_reporting_user_errors
 
@@ -678,8 +686,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_reporting_user_errors(lambda: _run_cli(args), debug=args.debug)
 
 
+def _max_batch_branches(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1 (at most that many guidance branches per transformer call), got {text!r}"
+        )
+    return value
+
+
 def _run_cli(args: argparse.Namespace) -> int:
     # Cheap checks first: a bad prompt file or option fails before any weights load.
+    if args.max_batch_branches is not None and args.spec in (None, "baseline", "none"):
+        raise ValueError(
+            f"--max-batch-branches groups the branches of a guidance spec, but --spec {args.spec or 'baseline'} "
+            "runs the pipeline's own sampling; pass --spec with a guidance spec of the profile, or drop the flag"
+        )
     prompts = read_prompts(args.prompts)
     names = None if args.names is None else read_names(args.names)
     from .profiles import load_params, load_profile
@@ -702,6 +727,19 @@ def _run_cli(args: argparse.Namespace) -> int:
         base_seed=args.base_seed or 0,
         prompts=list(dict.fromkeys(prompts)),
     )
+    if args.max_batch_branches is not None:
+        from .denoiser import GuidedDenoiser
+
+        # The same grouping GuidedDenoiser(mode="batched", max_batch_branches=K) makes, as the explicit
+        # groups the renderer passes on as its mode (nothing is installed on the pipeline here).
+        pipe = renderer.pipe
+        renderer.mode = GuidedDenoiser(
+            pipe.transformer,
+            renderer.guidance,
+            scheduler=pipe.scheduler,
+            mode="batched",
+            max_batch_branches=args.max_batch_branches,
+        ).explicit_groups()
     summary = generate(
         renderer,
         prompts,

@@ -52,6 +52,13 @@ def plan_key(index: int, plan) -> list:
     ]
 
 
+def sequential_order(keys: list[str], branches: dict[str, CompiledBranch]) -> list[str]:
+    """Branches by prompt (first seen first), within a prompt the one edited latest first: the donor
+    order of prefix sharing (the branch edited latest can share the most with the others)."""
+    prompts = list(dict.fromkeys(branches[k].prompt for k in keys))
+    return sorted(keys, key=lambda k: (prompts.index(branches[k].prompt), -branches[k].first_edit))
+
+
 def forward_groups(
     keys: list[str], branches: dict[str, CompiledBranch], mode, alias: dict[str, str]
 ) -> list[list[str]]:
@@ -59,9 +66,7 @@ def forward_groups(
     first: within a prompt the branch edited latest can share the most with the others), "batched"
     (one group), or explicit groups of spec branch names."""
     if mode == "sequential":
-        prompts = list(dict.fromkeys(branches[k].prompt for k in keys))
-        order = sorted(keys, key=lambda k: (prompts.index(branches[k].prompt), -branches[k].first_edit))
-        return [[k] for k in order]
+        return [[k] for k in sequential_order(keys, branches)]
     if mode == "batched":
         return [keys]
     groups: list[list[str]] = []
@@ -71,6 +76,28 @@ def forward_groups(
         if g:
             groups.append(g)
     return groups
+
+
+def cap_groups(
+    groups: list[list[str]], branches: dict[str, CompiledBranch], max_batch_branches: int | None
+) -> list[list[str]]:
+    """The forward groups with at most `max_batch_branches` branches each (None: unchanged).
+
+    Batched branches multiply the activation memory of a forward; this bounds it. A group that is too
+    large is cut in sequential order (`sequential_order`), so that same-prompt branches, which share
+    blocks, land together, and k = 1 is sequential mode exactly. A group that fits is left as it is,
+    so k >= the number of branches is the uncapped mode exactly."""
+    if max_batch_branches is None:
+        return groups
+    k = max_batch_branches
+    out: list[list[str]] = []
+    for group in groups:
+        if len(group) <= k:
+            out.append(group)
+            continue
+        order = sequential_order(group, branches)
+        out += [order[i : i + k] for i in range(0, len(order), k)]
+    return out
 
 
 def share_plan(
