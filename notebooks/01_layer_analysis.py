@@ -18,13 +18,16 @@
 # ideal denoiser D*: exact on the glyph scenes, a posterior mean over sampled renders on the clips) and a
 # generation-level scan (the change in FD, alignment and perceptual distance against the unedited
 # model on the same seeds, dev captions, small N). Every number carries its standard error.
+# On a real profile (FLUX.1-dev, CogView4, Wan 2.1; `ditguide.analysis_real.RealBed`) the same cells run
+# with small-N FID and CLIP-SIM on a dev set and DINOv2 feature distances; there is no D*, so the
+# denoiser scan records residuals along the model's own trajectories and no error alignment.
 
 # %% tags=["parameters"]
 profile = "scenes"
 split = "dev"
 denoiser_samples = 128  # or {profile: count}
 t_grid = [0.95, 0.8, 0.6, 0.4, 0.2, 0.05]
-per_set = 32
+per_set = 32  # generation scan: dev captions per seed set; an integer or {profile: integer}
 seed_sets = 3
 edits = ["skip", "skip_attn", "skip_ff", "scale0.5", "scale1.5", "identity_attn", "temperature2"]
 window_edits = ["skip", "scale1.5"]
@@ -34,6 +37,7 @@ params_file = "params.yaml"
 judge_path = "data/scenes/judge.safetensors"  # the scene judge (image testbed only; the clip judges are exact)
 runs_dir = "runs"
 output_root = "."
+real = {}  # real profiles only: dev set, per-profile sizes, batch size, device (ditguide.analysis_real.RealBed)
 
 # %%
 import json
@@ -42,18 +46,19 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ditguide import analysis, style
+from ditguide import analysis, analysis_real, style
 from ditguide.metrics.scenes import load_judge
 from ditguide.profiles import load_pipeline, load_profile
-from ditguide.testbeds.beds import bed_for
 
 style.use()
 root = Path(output_root)
 prof = load_profile(profile, params_file)
-bed = bed_for(prof)  # the testbed's ideal denoiser, sampler and scores; a real model is refused here
+bed = analysis_real.bed_for(prof, **real)  # a testbed's D*, sampler and scores, or a real profile's RealBed
+is_real = analysis_real.is_real(bed)
 if bed.name == "scenes":
     bed.judge = load_judge(judge_path)
-pipe = load_pipeline(prof)
+# A real profile checks its weights, dev set and judges first: one clear error if any is missing.
+pipe = bed.load_pipeline(split) if is_real else load_pipeline(prof)
 if twins is None:
     twins = {
         p.name: str(p) for p in sorted(Path(prof.model).parent.glob("twin_*")) if (p / "model_index.json").is_file()
@@ -62,17 +67,29 @@ twin_models = {name: type(pipe).from_pretrained(folder).transformer.eval() for n
 blocks = scan_blocks or analysis.block_addresses(pipe.transformer)
 A, Q = bed.alignment, bed.quality  # the CLIP-SIM and FID analogues of this testbed
 print(f"{profile}: {len(blocks)} blocks ({', '.join(blocks)}); edits: {', '.join(edits)}")
+n_denoiser = analysis_real.per_profile(denoiser_samples, profile, "denoiser_samples")
+n_gen = analysis_real.per_profile(per_set, profile, "per_set")
 
 # %% [markdown]
-# ## Denoiser-level scan (exact, no sampling)
+# ## Cost (real profiles): the GPU time of the configured scan, from timed forwards, before it starts
 
 # %%
-n_denoiser = denoiser_samples[profile] if isinstance(denoiser_samples, dict) else denoiser_samples
+if is_real:
+    plan = dict(denoiser_samples=n_denoiser, per_set=n_gen, seed_sets=seed_sets, edits=edits)
+    cost = analysis_real.estimate_gpu_time(pipe, bed, **plan, window_edits=window_edits, blocks=blocks)
+    print(cost.summary())
+
+# %% [markdown]
+# ## Denoiser-level scan (exact, no sampling; real profiles: along the model's own trajectories, no D*)
+
+# %%
 captions = bed.captions(split, n_denoiser)
-denoiser = analysis.denoiser_scan(
-    pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks, bed=bed
-)
-print("model error |D - D*| / |D*| per t:", dict(zip(t_grid, np.round(denoiser["model_error"], 3))))
+scan = analysis_real.denoiser_scan if is_real else analysis.denoiser_scan
+denoiser = scan(pipe, captions, edits=edits, t_grid=t_grid, twins=twin_models, blocks=scan_blocks, bed=bed)
+if is_real:
+    print(f"error alignment: not computed ({denoiser['alignment_absent']})")
+else:
+    print("model error |D - D*| / |D*| per t:", dict(zip(t_grid, np.round(denoiser["model_error"], 3))))
 if "ideal_agreement" in denoiser:
     print(
         f"D* is {denoiser['ideal']}; two independent estimates differ by (per t):",
@@ -83,9 +100,9 @@ if "ideal_agreement" in denoiser:
 # ## Generation-level scan (dev captions, same seeds as the unedited model; resumable)
 
 # %%
-gen_captions = bed.captions(split, per_set)
+gen_captions = bed.captions(split, n_gen)
 partial = Path(runs_dir) / profile / "analysis" / "generation_scan.json"
-generation = analysis.generation_scan(
+generation = (analysis_real.generation_scan if is_real else analysis.generation_scan)(
     pipe,
     bed,
     gen_captions,
@@ -96,18 +113,21 @@ generation = analysis.generation_scan(
     out_path=partial,
     blocks=scan_blocks,
 )
-print("unedited (no guidance):", {k: round(v, 3) for k, v in generation["base"].items()})
+sampling = "the profile's default sampling" if is_real else "no guidance"  # real models: their own CFG
+print(f"unedited ({sampling}):", {k: round(v, 3) for k, v in generation["base"].items()})
 
 # %%
 scores = {
     "profile": profile,
     "model": prof.model,
     "blocks": blocks,
-    "schema": analysis.SCHEMA,
+    "schema": analysis_real.SCHEMA if is_real else analysis.SCHEMA,
     "denoiser": denoiser,
     "generation": generation,
 }
-scores["candidates"] = analysis.rank_candidates(scores, bed=bed)
+scores["candidates"] = (analysis_real.rank_candidates if is_real else analysis.rank_candidates)(scores, bed=bed)
+if is_real:
+    scores["cost_estimate"] = cost.to_dict()
 style.write_text(root / f"data/analysis/{profile}/layer_scores.json", json.dumps(scores, indent=1) + "\n")
 
 # %% [markdown]
@@ -146,39 +166,46 @@ plt.show()
 # %%
 tl = [f"{t:g}" for t in t_grid]
 fig, axes = plt.subplots(1, 3, figsize=(style.FULL, style.FULL / 2.2))
-skip = [r for r in denoiser["alignment"] if r["edit"] == "skip"]
-analysis.heatmap(
-    axes[0], analysis.table_of(skip, "block", "t", "cos", blocks, t_grid), blocks, tl, "skip: cos(D_edit - D, D - D*)"
-)
-analysis.heatmap(
-    axes[1],
-    analysis.table_of(denoiser["residuals"], "block", "t", "rel_update", blocks, t_grid),
-    blocks,
-    tl,
-    "|dh| / |h| (image stream)",
-    cmap="viridis",
-    center=False,
-)
-for name in twins:
-    rows = [r for r in denoiser["alignment"] if r["edit"] == f"twin:{name}"]
-    axes[2].errorbar(
-        range(len(t_grid)),
-        [r["cos"] for r in rows],
-        yerr=[1.96 * r["cos_se"] for r in rows],
-        marker="o",
-        ms=3,
-        capsize=2,
-        label=name.replace("twin_", "") + " twin",
+if is_real:  # no D*: the residual updates and input/output cosines along the trajectory instead
+    analysis_real.draw_trajectory(axes, denoiser, blocks, t_grid)
+else:
+    skip = [r for r in denoiser["alignment"] if r["edit"] == "skip"]
+    analysis.heatmap(
+        axes[0],
+        analysis.table_of(skip, "block", "t", "cos", blocks, t_grid),
+        blocks,
+        tl,
+        "skip: cos(D_edit - D, D - D*)",
     )
-best = scores["candidates"]["weak"][:3]
-for w in best:
-    rows = [r for r in denoiser["alignment"] if r["edit"] == w["edit"] and r["block"] == w["block"]]
-    axes[2].plot(range(len(t_grid)), [r["cos"] for r in rows], ls="--", lw=0.8, label=w["spec"])
-axes[2].axhline(0, color="#7f7f7f", lw=0.5)
-axes[2].set_xticks(range(len(t_grid)), tl)
-axes[2].set_xlabel("t (noise level)")
-axes[2].set_title("error alignment: twins vs best edits")
-axes[2].legend(frameon=False, fontsize=5)
+    analysis.heatmap(
+        axes[1],
+        analysis.table_of(denoiser["residuals"], "block", "t", "rel_update", blocks, t_grid),
+        blocks,
+        tl,
+        "|dh| / |h| (image stream)",
+        cmap="viridis",
+        center=False,
+    )
+    for name in twins:
+        rows = [r for r in denoiser["alignment"] if r["edit"] == f"twin:{name}"]
+        axes[2].errorbar(
+            range(len(t_grid)),
+            [r["cos"] for r in rows],
+            yerr=[1.96 * r["cos_se"] for r in rows],
+            marker="o",
+            ms=3,
+            capsize=2,
+            label=name.replace("twin_", "") + " twin",
+        )
+    best = scores["candidates"]["weak"][:3]
+    for w in best:
+        rows = [r for r in denoiser["alignment"] if r["edit"] == w["edit"] and r["block"] == w["block"]]
+        axes[2].plot(range(len(t_grid)), [r["cos"] for r in rows], ls="--", lw=0.8, label=w["spec"])
+    axes[2].axhline(0, color="#7f7f7f", lw=0.5)
+    axes[2].set_xticks(range(len(t_grid)), tl)
+    axes[2].set_xlabel("t (noise level)")
+    axes[2].set_title("error alignment: twins vs best edits")
+    axes[2].legend(frameon=False, fontsize=5)
 fig.tight_layout()
 style.save_figure(fig, root / f"figures/layer_map_{profile}_alignment.pdf")
 plt.show()
@@ -199,21 +226,25 @@ for w in window_edits:
     recs = [r for r in generation["records"] if r["edit"] == w and r["window"] != "all"]
     harm = {win: np.mean([abs(r[f"d_{A}"]) for r in recs if r["window"] == win]) for win in analysis.WINDOWS}
     print(f"{w}: mean |change in {A}| by window: " + ", ".join(f"{k} {v:.3f}" for k, v in harm.items()))
-twin_align = scores["candidates"]["twin_alignment"]
-print(
-    "Error alignment of the trained twins (mean over t): " + ", ".join(f"{k} {v:+.3f}" for k, v in twin_align.items())
-)
-cands = scores["candidates"]["weak"]
-print(
-    "Best-aligned weak edits: " + "; ".join(f"{c['spec']} ({c['alignment']:+.3f})" for c in cands[:5])
-    if cands
-    else "No single-block edit errs in the direction the model errs (all mean alignments <= 0)."
-)
-mean_align = {
-    b: np.mean([r["cos"] for r in denoiser["alignment"] if r["edit"] == "skip" and r["block"] == b]) for b in blocks
-}
-overlap = set(vital) & set(sorted(mean_align, key=lambda b: -mean_align[b])[:3])
-print(f"Do the blocks that hurt most when skipped also align best? Top-3 overlap: {sorted(overlap) or 'none'}.")
+if is_real:  # no D*, no trained twins: nothing to say about error alignment
+    print(f"Error alignment: not computed ({denoiser['alignment_absent']}).")
+else:
+    twin_align = scores["candidates"]["twin_alignment"]
+    print(
+        "Error alignment of the trained twins (mean over t): "
+        + ", ".join(f"{k} {v:+.3f}" for k, v in twin_align.items())
+    )
+    cands = scores["candidates"]["weak"]
+    print(
+        "Best-aligned weak edits: " + "; ".join(f"{c['spec']} ({c['alignment']:+.3f})" for c in cands[:5])
+        if cands
+        else "No single-block edit errs in the direction the model errs (all mean alignments <= 0)."
+    )
+    mean_align = {
+        b: np.mean([r["cos"] for r in denoiser["alignment"] if r["edit"] == "skip" and r["block"] == b]) for b in blocks
+    }
+    overlap = set(vital) & set(sorted(mean_align, key=lambda b: -mean_align[b])[:3])
+    print(f"Do the blocks that hurt most when skipped also align best? Top-3 overlap: {sorted(overlap) or 'none'}.")
 strong = scores["candidates"]["strong"]
 print(
     "Edits that improve a metric by > 2 SE: "

@@ -23,17 +23,21 @@
 profile = "scenes"
 params_file = "params.yaml"
 layer_scores = "data/analysis/scenes/layer_scores.json"
-twins = {"twin_early": "data/scenes/twin_early", "twin_shallow": "data/scenes/twin_shallow"}
-judge_path = "data/scenes/judge.safetensors"
+twins = None  # None: the trained twins next to the profile's model (twin_* folders); {name: folder} otherwise
+judge_path = None  # None: the judge next to an image testbed's model (the clips need none)
 runs_dir = "runs"
 output_root = "."
 timing = True  # measure wall-clock seconds per sample of every test method
 steps = None  # None: the profile's sampling steps (tests use fewer)
-# The guidance_design section of params.yaml (see there): splits, budget, rule, candidates, grid.
-dev = {"split": "dev", "per_set": 96, "seed_sets": 3, "base_seed": 1000}
-test = {"split": "test", "per_set": 128, "seed_sets": 3, "base_seed": 0}
+# The guidance_design section of params.yaml (see there): splits, budget, rule, candidates, grid;
+# per_set and select may be given per testbed.
+dev = {"split": "dev", "per_set": {"scenes": 96, "clips": 48}, "seed_sets": 3, "base_seed": 1000}
+test = {"split": "test", "per_set": {"scenes": 128, "clips": 64}, "seed_sets": 3, "base_seed": 0}
 budget = {"configs": 5, "keep": 2, "seed": 0}
-select = {"objective": "fd", "alignment": "all", "max_nfe_per_step": 2.0}
+select = {
+    "scenes": {"objective": "fd", "alignment": "all", "max_nfe_per_step": 2.0},
+    "clips": {"objective": "total", "alignment": "semantic", "max_nfe_per_step": 2.0},
+}
 weak_candidates = 3
 strong_candidates = 2
 grid = {}
@@ -46,27 +50,33 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from ditguide import style
-from ditguide.profiles import load_params
+from ditguide.profiles import load_params, load_profile
 from ditguide.testbeds import design_figures as figs
-from ditguide.testbeds import scenes
-from ditguide.testbeds.design import check_design_params, run_dev, run_test, write_json
-from ditguide.testbeds.plots import sample_grid
+from ditguide.testbeds.design import design_params, run_dev, run_test, write_json
+from ditguide.testbeds.design_scoring import scoring_for, testbed_judge, trained_twins
 
 style.use()
 root = Path(output_root)
 params = load_params(params_file)
 if steps is not None:
     params["profiles"][profile]["steps"] = steps
-p = {
-    "dev": dev,
-    "test": test,
-    "budget": budget,
-    "select": select,
-    "weak_candidates": weak_candidates,
-    "strong_candidates": strong_candidates,
-    "grid": grid,
-}
-check_design_params(p)
+p = design_params(
+    {
+        "dev": dev,
+        "test": test,
+        "budget": budget,
+        "select": select,
+        "weak_candidates": weak_candidates,
+        "strong_candidates": strong_candidates,
+        "grid": grid,
+    },
+    profile,
+)
+prof = load_profile(profile, params)
+twins = trained_twins(prof) if twins is None else twins
+judge_path = testbed_judge(prof) if judge_path is None else judge_path
+scoring = scoring_for(prof, judge_path)
+print("twins:", twins, "| rule:", p["select"])
 scores = json.loads(Path(layer_scores).read_text())
 
 # %% [markdown]
@@ -111,7 +121,7 @@ style.write_text(root / f"paper/tables/guidance_{profile}.tex", figs.table(resul
 display(Markdown(figs.markdown_table(result)))
 
 # %% [markdown]
-# ## FD against alignment
+# ## Quality against alignment
 
 # %%
 fig = figs.pareto_figure(search, result)
@@ -130,10 +140,11 @@ plt.show()
 # ## The same captions and seeds across methods
 
 # %%
-order = sorted(images, key=lambda k: result["methods"][k]["fd"])
+view = figs.view_for(result)
+order = sorted(images, key=lambda k: result["methods"][k][view.objective] * (1 if view.lower_is_better else -1))
 labels = {k: result["methods"][k]["label"] for k in order}
-captions = [s.caption() for s in scenes.caption_set(p["test"]["split"], 8)]
-fig = sample_grid({labels[k]: images[k] for k in order}, [labels[k] for k in order], captions)
+captions = scoring.captions(p["test"]["split"], 8)
+fig = scoring.sample_figure({labels[k]: images[k] for k in order}, [labels[k] for k in order], captions)
 style.save_figure(fig, root / f"figures/guidance_{profile}_samples.pdf")
 plt.show()
 

@@ -125,7 +125,7 @@ def test_budget_is_a_deterministic_subset_in_order():
 
 def test_every_family_gets_at_most_the_budget():
     params = load_params("params.yaml")
-    p = params["guidance_design"]
+    p = design.design_params(params["guidance_design"], "scenes")
     fams = design.families(design.candidates(LAYER_SCORES, 3, 2), p["grid"], 1.5, {"twin_shallow": "x"})
     assert {
         "cfg",
@@ -154,8 +154,11 @@ def test_every_family_gets_at_most_the_budget():
         (lambda p: p.__setitem__("budget", {"configs": 2, "keep": 3}), "keep <= configs"),
         (lambda p: p["dev"].__setitem__("seed_sets", 2), "seed_sets >= 3"),
         (lambda p: p["test"].__setitem__("split", "dev"), "tune on dev, report on test"),
-        (lambda p: p["select"].__setitem__("objective", "fid"), "objective and alignment must be metrics"),
+        (lambda p: p["select"]["scenes"].__setitem__("objective", "fid"), "objective and alignment must be metrics"),
+        (lambda p: p["select"].pop("scenes"), "select has no rule for profile 'scenes'"),
+        (lambda p: p["dev"]["per_set"].pop("scenes"), "dev.per_set has no entry for profile 'scenes'"),
         (lambda p: p["grid"].__setitem__("cfg_scales", "2"), "grid.cfg_scales"),
+        (lambda p: p["grid"]["ours_scales"].pop("scenes"), "grid.ours_scales has no entry for profile 'scenes'"),
         (lambda p: p.pop("weak_candidates"), "weak_candidates"),
     ],
 )
@@ -165,7 +168,37 @@ def test_bad_design_parameters_fail_with_one_message(change, match):
     p = copy.deepcopy(load_params("params.yaml")["guidance_design"])
     change(p)
     with pytest.raises(ConfigError, match=match):
-        design.check_design_params(p)
+        design.design_params(p, "scenes")
+
+
+def test_design_parameters_resolve_per_testbed():
+    section = load_params("params.yaml")["guidance_design"]
+    for profile, objective in (("scenes", "fd"), ("clips", "total")):
+        p = design.design_params(section, profile)
+        assert p["select"]["objective"] == objective
+        assert p["dev"]["per_set"] == section["dev"]["per_set"][profile]
+        assert p["test"]["per_set"] == section["test"]["per_set"][profile]
+
+
+def test_a_rule_must_name_metrics_of_its_testbed_and_knows_their_direction():
+    from ditguide.testbeds.design_scoring import ClipsScoring, ScenesScoring
+
+    # FD exists on the scenes only; the clips' Total is higher-is-better
+    with pytest.raises(ConfigError, match="objective and alignment must be metrics"):
+        design._rule({"objective": "fd", "alignment": "semantic"}, ClipsScoring)
+    assert design._rule({"objective": "fd", "alignment": "all"}, ScenesScoring) == {
+        "objective": "fd",
+        "alignment": "all",
+    }
+    rule = design._rule({"objective": "total", "alignment": "semantic", "max_nfe_per_step": 2.0}, ClipsScoring)
+    entries = {
+        "low": {"total": 0.70, "semantic": 0.5, "nfe_per_step": 2.0},
+        "high": {"total": 0.80, "semantic": 0.5, "nfe_per_step": 2.0},
+        "highest_but_costly": {"total": 0.90, "semantic": 0.5, "nfe_per_step": 3.0},
+        "highest_but_misaligned": {"total": 0.95, "semantic": 0.3, "nfe_per_step": 1.0},
+    }
+    assert design.choose(entries, rule, 0.4, cost_cap=True) == ("high", True)
+    assert design.choose(entries, rule, 0.4, cost_cap=False) == ("highest_but_costly", True)
 
 
 def test_selected_preset_is_a_named_preset(tmp_path, monkeypatch):

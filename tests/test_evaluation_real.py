@@ -17,12 +17,8 @@ from PIL import Image
 
 from ditguide import coco
 from ditguide import generate as gen
-from ditguide.evaluation_real import (
-    evaluate_t2i_real,
-    evaluate_t2v,
-    suite_subset,
-    vbench_summary,
-)
+from ditguide.benchmark.vbench import suite_subset, vbench_summary
+from ditguide.evaluation_real import evaluate_t2i_real, evaluate_t2v
 from ditguide.metrics import vbench_score as vb
 from ditguide.metrics.clip_sim import ClipSim
 from ditguide.metrics.fid import features_path, fid_from_features, image_features
@@ -160,7 +156,7 @@ def test_t2i_real_on_tiny_flux(coco_dir, tmp_path):
     runs = tmp_path / "runs"
     result = t2i(coco_dir, runs)
     methods = result.metrics["methods"]
-    assert list(methods) == ["baseline", "ag"]
+    assert list(methods) == ["cfg", "ag"]  # the same names as on the toy; "none" = "cfg" while CFG is off
     captions = [r["caption"] for r in coco.read_split(coco_dir, "test")]
     extractor = TinyExtractor().eval()
     ref = np.load(features_path(coco.reference_dir(coco_dir, "test", 256), "tiny-test"))["features"]
@@ -180,10 +176,10 @@ def test_t2i_real_on_tiny_flux(coco_dir, tmp_path):
         assert m["clip_sim"] == pytest.approx(clip.scores(list(images[name]), captions).mean(), rel=1e-5)
         assert m["n"] == N_TEST and 0 <= m["clip_sim"] <= 100
         assert json.loads((folder / f"scores-test-256-n{N_TEST}.json").read_text())["clip_sim"]["details"]["per_sample"]
-    assert not np.array_equal(images["baseline"], images["ag"])
-    # Cost: the baseline is flux-dev-like (own CFG off): one forward per step. "ag"'s weak branch skips
+    assert not np.array_equal(images["cfg"], images["ag"])
+    # Cost: "cfg" is flux-dev-like (own CFG off): one forward per step. "ag"'s weak branch skips
     # single:0 of 4 blocks and shares the two double blocks before it, so it adds single:1 only.
-    assert methods["baseline"]["nfe_per_step"] == 1.0 and methods["baseline"]["cfg_scale"] == 1.0
+    assert methods["cfg"]["nfe_per_step"] == 1.0 and methods["cfg"]["cfg_scale"] == 1.0
     assert methods["ag"]["nfe_per_step"] == pytest.approx(1.25) and methods["ag"]["spec"]["name"] == "autoguidance"
     p = result.metrics["protocol"]
     assert (p["split"], p["n"], p["n_reference"], p["resolution"]) == ("test", N_TEST, N_TEST, 256)
@@ -206,16 +202,19 @@ def test_t2i_real_on_tiny_flux(coco_dir, tmp_path):
         )
 
     limited = t2i(coco_dir, runs, specs=[], limit=3)  # the same folders, their first 3 samples
-    assert list(limited.metrics["methods"]) == ["baseline"] and limited.metrics["protocol"]["n"] == 3
-    assert limited.metrics["methods"]["baseline"]["run_dir"] == methods["baseline"]["run_dir"]
+    assert list(limited.metrics["methods"]) == ["cfg"] and limited.metrics["protocol"]["n"] == 3
+    assert limited.metrics["methods"]["cfg"]["run_dir"] == methods["cfg"]["run_dir"]
 
 
 def test_t2i_bad_inputs_fail_before_sampling(coco_dir, tmp_path):
     runs = tmp_path / "runs"
     with pytest.raises(
-        ConfigError, match=r"spec='nope' is not a guidance spec of profile 'tiny-flux'; allowed: baseline, none, ag"
+        ConfigError,
+        match=r"method 'nope' is not allowed; allowed: none, cfg, cfg@<scale>, a guidance spec of profile 'tiny-flux' \(ag\)",
     ):
         t2i(coco_dir, runs, specs=["ag", "nope"])
+    with pytest.raises(ConfigError, match=r"method 'baseline' is now called 'cfg'"):
+        t2i(coco_dir, runs, methods=["baseline", "ag"])
     with pytest.raises(
         coco.MissingDataError, match=r"python -m ditguide.coco annotations .*python -m ditguide.coco sample"
     ):
@@ -310,7 +309,7 @@ def test_t2v_on_tiny_wan_through_vbench(tmp_path):
         prompts=suite,
         samples_per_prompt=2,
         dimensions=["temporal_flickering"],
-        specs=["stg"],
+        methods=["cfg", "stg"],  # not "none" too: one VBench run fewer
         params=PARAMS,
         runs_dir=runs,
         device="cpu",
@@ -318,7 +317,7 @@ def test_t2v_on_tiny_wan_through_vbench(tmp_path):
         timeout=300,
     )
     methods = result.metrics["methods"]
-    assert list(methods) == ["baseline", "stg"]
+    assert list(methods) == ["cfg", "stg"]
     for m in methods.values():
         videos = Path(m["run_dir"]) / gen.SAMPLES_DIRNAME
         assert sorted(p.name for p in videos.iterdir()) == sorted(f"{p}-{i}.mp4" for p in prompts for i in range(2))
@@ -334,9 +333,9 @@ def test_t2v_on_tiny_wan_through_vbench(tmp_path):
         name: (Path(m["run_dir"]) / gen.SAMPLES_DIRNAME / f"{prompts[0]}-0.mp4").read_bytes()
         for name, m in methods.items()
     }
-    assert first["baseline"] != first["stg"]  # the spec changed the videos
+    assert first["cfg"] != first["stg"]  # the spec changed the videos
     # tiny-wan's own CFG (5.0) costs 2 forwards; stg adds its perturbed branch, which skips block 0 of 2.
-    assert methods["baseline"]["nfe_per_step"] == 2.0 and methods["stg"]["nfe_per_step"] == pytest.approx(2.5)
+    assert methods["cfg"]["nfe_per_step"] == 2.0 and methods["stg"]["nfe_per_step"] == pytest.approx(2.5)
     p = result.metrics["protocol"]
     assert (p["n_prompts"], p["samples_per_prompt"], p["n_videos"], p["dimensions"]) == (
         2,
@@ -346,19 +345,18 @@ def test_t2v_on_tiny_wan_through_vbench(tmp_path):
     )
     assert p["generation"]["fps"] == 8 and p["generation"]["num_frames"] == 5 and p["vbench"].startswith("vbench 0.1")
     json.dumps(result.metrics)
-    table = result.table()
-    assert "temporal flickering" in table and "Total" not in table and "stg" in table
-    assert "temporal flickering" in result.dimensions_table()
+    tables = result.tables()
+    assert set(tables) == {"", "_dimensions"} and tables[""] == result.table()
+    assert "temporal flickering" in tables[""] and "Total" not in tables[""] and "stg" in tables[""]
+    assert "temporal flickering" in tables["_dimensions"]
 
 
 def test_t2v_bad_inputs_fail_before_sampling(tmp_path):
     runs = tmp_path / "runs"
     with pytest.raises(vb.VBenchEnvironmentError, match=r"scripts/setup_vbench_env.sh"):
         evaluate_t2v("tiny-wan", params=PARAMS, runs_dir=runs, vbench_python=tmp_path / "no-venv" / "bin" / "python")
-    with pytest.raises(
-        ConfigError, match=r"spec='slg' is not a guidance spec of profile 'tiny-wan'; allowed: baseline, none, stg"
-    ):
-        evaluate_t2v("tiny-wan", specs=["slg"], params=PARAMS, runs_dir=runs)
+    with pytest.raises(ConfigError, match=r"method 'nope' is not allowed; allowed: .*profile 'tiny-wan' \(stg\)"):
+        evaluate_t2v("tiny-wan", specs=["nope"], params=PARAMS, runs_dir=runs)
     with pytest.raises(ValueError, match="unknown VBench dimensions"):
         evaluate_t2v("tiny-wan", dimensions=["flicker"], params=PARAMS, runs_dir=runs)
     with pytest.raises(ValueError, match="samples_per_prompt must be an integer in 1..5"):

@@ -39,7 +39,10 @@ TINY = {
         "budget": {"configs": 1, "keep": 1, "seed": 0},
         "weak_candidates": 1,
         "strong_candidates": 1,
-        "grid": {k: [v[-1]] for k, v in load_params(REPO / "params.yaml")["guidance_design"]["grid"].items()},
+        "grid": {
+            k: (v if isinstance(v, list) else v["scenes"])[-1:]
+            for k, v in load_params(REPO / "params.yaml")["guidance_design"]["grid"].items()
+        },
         "twins": {"twin_shallow": "data/scenes/twin_shallow"},
         "steps": 3,
         "timing": False,
@@ -53,14 +56,23 @@ TINY = {
         "batch_size": 30,
         "threads": 1,
     },
-    "03_evaluate_t2i": {"profile": "toy", "samples_per_class": 3, "batch_size": 7, "cfg_scales": [3.0], "specs": []},
+    "03_evaluate_t2i": {
+        "profile": "toy",
+        "benchmark_options": {"samples_per_class": 3},
+        "batch_size": 7,
+        "cfg_scales": [3.0],
+        "specs": [],
+    },
     # tiny-wan: random weights; 2 prompts x 2 seeds, VBench's weight-free dimension only, on the CPU.
     "04_evaluate_t2v": {
         "profile": "tiny-wan",
-        "dimensions": ["temporal_flickering"],
-        "limit": 2,
-        "samples_per_prompt": 2,
-        "vbench_device": "cpu",
+        "benchmark_options": {
+            "dimensions": ["temporal_flickering"],
+            "limit": 2,
+            "samples_per_prompt": 2,
+            "vbench_device": "cpu",
+        },
+        "specs": [],  # none and cfg: the test of notebook 04's cells, not of a spec (test_evaluation_real has one)
     },
 }
 
@@ -164,6 +176,32 @@ def test_notebook_runs_with_tiny_parameters(source, tmp_path):
         assert set(metrics["regime"]) >= {"best_cfg_scale", "alignment_rises_with_scale"}
 
 
+def test_evaluation_notebook_runs_the_selected_preset_on_the_scene_testbed(tmp_path):
+    """Notebook 03 unchanged on the glyph-scene testbed: its benchmark, and the preset notebook 02 selected
+    (data/guidance/scenes/selected.json) beside no guidance and CFG at the profile's default."""
+    params = stage_parameters("evaluate_t2i", load_params(REPO / "params.yaml"), {"profile": "scenes"})
+    params.update(
+        benchmark_options={"per_set": 10, "seed_sets": 3},
+        cfg_scales=[],
+        batch_size=30,
+        output_root=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    run_notebook(REPO / "notebooks/03_evaluate_t2i.py", tmp_path / "executed.ipynb", params, cwd=REPO)
+    metrics = json.loads((tmp_path / "metrics/t2i_scenes.json").read_text())
+    assert list(metrics["methods"]) == ["cfg", "none", "selected:scenes"]  # (sorted keys)
+    from ditguide.guidance import GuidanceSpec, selected_preset
+
+    spec = GuidanceSpec.from_dict(selected_preset("scenes")).to_dict()
+    assert metrics["methods"]["selected:scenes"]["spec"] == spec  # the spec of data/guidance/scenes/selected.json
+    assert metrics["methods"]["selected:scenes"]["nfe_per_step"] == 2.0  # CFG's cost, as the rule required
+    for m in metrics["methods"].values():
+        assert m["count"] == 30 and m["fd"] > 0 and 0 <= m["all"] <= 1
+    assert metrics["split"] == "test" and metrics["floor"]["fd"] > 0
+    for rel in EXPECTED["03_evaluate_t2i"]:
+        assert (tmp_path / rel.format(profile="scenes")).is_file(), rel
+
+
 def test_bad_profile_fails_before_work(tmp_path):
     params = load_params(REPO / "params.yaml")
     params["profile"] = "flux-devv"
@@ -199,3 +237,62 @@ def test_layer_analysis_notebook_runs_on_the_video_testbed(tmp_path):
     assert len(scores["generation"]["records"]) == 2 + 2 * 3 and "d_semantic" in scores["generation"]["records"][0]
     for name in ("edits", "windows", "alignment"):
         assert (tmp_path / f"figures/layer_map_clips_{name}.pdf").is_file()
+
+
+def test_layer_analysis_notebook_runs_on_a_real_profile(tmp_path):
+    """Notebook 01 unchanged on a real profile (tiny-flux: random weights, a fake COCO dev split, tiny judges):
+    the GPU-time estimate printed before the scan, residuals without D*, small-N scores, the figures."""
+    from test_analysis_real import prepare_coco_dev
+
+    data = prepare_coco_dev(tmp_path / "coco2017")
+    params = stage_parameters("layer_analysis", load_params(REPO / "params.yaml"), {"profile": "tiny-flux"})
+    params.update(
+        denoiser_samples=2,
+        t_grid=[0.9, 0.3],
+        per_set=3,
+        seed_sets=3,
+        edits=["skip"],
+        window_edits=["skip"],
+        scan_blocks=["double:0", "single:1"],
+        real={"data_dir": str(data), "resolution": 256, "batch_size": 4, "device": "cpu"},
+        output_root=str(tmp_path),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    out = run_notebook(REPO / "notebooks/01_layer_analysis.py", tmp_path / "executed.ipynb", params, cwd=REPO)
+    printed = out.read_text()
+    assert "Estimated GPU time of the configured scan" in printed and "error alignment: not computed" in printed
+    scores = json.loads((tmp_path / "data/analysis/tiny-flux/layer_scores.json").read_text())
+    assert scores["denoiser"]["alignment"] is None and len(scores["denoiser"]["residuals"]) == 2 * 2
+    assert len(scores["generation"]["records"]) == 2 + 2 * 3 and "d_fid_small_n" in scores["generation"]["records"][0]
+    assert scores["cost_estimate"]["configs"] == 1 + 2 + 2 * 3 and scores["candidates"]["weak"] == []
+    assert "real profiles" in scores["schema"]
+    for name in ("edits", "windows", "alignment"):
+        assert (tmp_path / f"figures/layer_map_tiny-flux_{name}.pdf").is_file()
+
+
+def test_guidance_design_notebook_runs_on_the_video_testbed(tmp_path):
+    """Notebook 02 unchanged on the T2V testbed: clip captions, the exact clip judges, the
+    VBench-shaped Total as the objective (higher is better), the early twin found next to the model."""
+    params = stage_parameters(
+        "guidance_design",
+        load_params(REPO / "params.yaml"),
+        {"profile": "clips", "layer_scores": "data/analysis/clips/layer_scores.json"},
+    )
+    params.update(TINY["02_guidance_design"], output_root=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    params.pop("twins")  # None: discovered next to the clips model
+    grid = load_params(REPO / "params.yaml")["guidance_design"]["grid"]
+    params["grid"] = {k: (v if isinstance(v, list) else v["clips"])[-1:] for k, v in grid.items()}
+    run_notebook(REPO / "notebooks/02_guidance_design.py", tmp_path / "executed.ipynb", params, cwd=REPO)
+    metrics = json.loads((tmp_path / "metrics/guidance_clips.json").read_text())
+    assert metrics["rule"]["objective"] == "total" and metrics["rule"]["alignment"] == "semantic"
+    methods = metrics["test"]["methods"]
+    assert metrics["selected"] in methods
+    assert {m["method"]["twin"] for m in methods.values() if m["family"] == "ag_twin"} == {"twin_early"}
+    for m in methods.values():
+        assert len(m["per_set"]) == 3 and 0 <= m["total"] <= 1 and 0 <= m["semantic"] <= 1 and "fd" not in m
+    change = metrics["comparison"]["cfg_default"]["changes"]["total"]
+    assert change["lo"] <= change["rel"] <= change["hi"] and change["seed_sets"] == 3
+    assert metrics["test"]["floor"]["total"] > 0.9  # real renders, scored like the samples
+    for name in ("pareto", "compute", "samples"):
+        assert (tmp_path / f"figures/guidance_clips_{name}.pdf").is_file()
+    assert "Total" in (tmp_path / "paper/tables/guidance_clips.tex").read_text()

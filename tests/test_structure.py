@@ -144,7 +144,9 @@ def test_no_module_imports_a_private_name_of_another():
 def test_public_api_names_resolve():
     import ditguide
 
-    assert {"run_guided", "preset", "GuidanceSpec", "GuidedDenoiser", "EditSpec", "edit"} <= set(ditguide.__all__)
+    assert {"run_guided", "preset", "GuidanceSpec", "GuidedDenoiser", "EditSpec", "edit", "evaluate"} <= set(
+        ditguide.__all__
+    )
     for name in ditguide.__all__:
         assert getattr(ditguide, name) is not None, name
     assert ditguide.GuidanceSpec is __import__("ditguide.guidance", fromlist=["x"]).GuidanceSpec

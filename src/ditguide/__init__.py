@@ -8,6 +8,8 @@ The public API (imported on first use, so `import ditguide` loads neither torch 
     GuidedDenoiser                    the transformer wrapper that evaluates a spec at every call
     EditSpec                          block edits (skip, scale, attention edits) of any adapted family
     edit(model, spec, rows=None)      context manager applying an EditSpec (ditguide.edits.apply_edits)
+    evaluate(profile, benchmark, methods)  generate -> samples -> the benchmark's metrics, one path for every
+                                      model (ditguide.evaluation) -> EvalResult (table, figures, JSON)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _API = {
     "GuidedDenoiser": ("ditguide.denoiser", "GuidedDenoiser"),
     "EditSpec": ("ditguide.edits", "EditSpec"),
     "edit": ("ditguide.edits", "apply_edits"),
+    "evaluate": ("ditguide.evaluation", "evaluate"),
 }
 
 __all__ = list(_API)

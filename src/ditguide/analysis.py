@@ -57,6 +57,8 @@ SCHEMA = """layer_scores.json
   generation: {samples, seed_sets, base: {metric: value}, records: [{edit, block, window, d_fd, d_all,
              d_digit, d_colour, d_relation, perceptual, *_se}]}  (d_* = edited - unedited, same seeds)
   candidates: {weak: [...], strong: [...]}  (see rank_candidates)"""
+# Real profiles write ditguide.analysis_real.SCHEMA: this text plus their own fields. It is kept apart
+# because the testbeds' layer_scores.json embed SCHEMA, so extending it here would change them.
 
 
 def edit_string(edit: str, block: str) -> str:
@@ -448,3 +450,9 @@ def table_of(
         if r[row_key] in rows and r[col_key] in cols:
             grid[list(rows).index(r[row_key]), list(cols).index(r[col_key])] = r[value]
     return grid
+
+
+# Public names of the helpers ditguide.analysis_real reuses for real profiles (the code above keeps
+# calling the private ones, so the testbed scans are unchanged).
+check_blocks, mean_se, window_steps = _check_blocks, _mean_se, _window_steps
+load_partial, save_partial = _load_partial, _save_partial

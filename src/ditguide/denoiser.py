@@ -452,8 +452,9 @@ class GuidedDenoiser(torch.nn.Module):
                 f"the transformer has a diffusers cache enabled ({cache}) and the guidance spec has branches with "
                 f"edited blocks {edited}: the cache's hooks wrap the blocks the edits change and keep state between "
                 "calls, so an edited branch would read state an unedited branch wrote. Disable the cache "
-                "(transformer.disable_cache()), or pass cache_bypass_edited=True to GuidedDenoiser to run the edited "
-                "branches in full outside the cache (the unedited branches stay cached)"
+                "(transformer.disable_cache()), or build the GuidedDenoiser with cache_bypass_edited=True to run the "
+                "edited branches in full outside the cache (the unedited branches stay cached). A cache is enabled "
+                "from Python only, so no command-line flag applies"
             )
 
     # ---- what the pipelines read from their transformer ------------------------------------------

@@ -12,8 +12,8 @@ motion is "moving left/right/up/down" or "staying still". Two objects sit in the
 canvas (left/right for "left of"/"right of", top/bottom for "above"/"below") and move only across
 that axis (or stay still), so the captioned relation holds in every frame.
 
-Nuisance, so that a model can get things wrong without a caption saying so: the speed (1.0-1.4 px
-per frame), the object size (7-8 px alone, 6-7 px in pairs), the start position and the background
+Nuisance, so that a model can get things wrong without a caption saying so: the speed (0.9-1.2 px
+per frame), the object size (5-6 px alone, 5 px in pairs), the start position and the background
 shade (grey, 0-0.2) vary per clip; objects are anti-aliased (4x supersampling), so motion is
 sub-pixel. Every render comes with its ground truth (`ClipTruth`): per object and frame, the
 top-left corner, size, colour and shape, so the judges (`ditguide.metrics.clips`) score it exactly.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIZE = 16
+SIZE = 12
 FRAMES = 6
 SUPERSAMPLE = 4
 SHAPES = ("square", "circle", "triangle", "cross")
@@ -56,9 +56,9 @@ RELATION_MOTIONS = {
     "above": ("moving left", "moving right", "staying still"),
     "below": ("moving left", "moving right", "staying still"),
 }
-SPEED = (1.0, 1.4)  # px per frame, uniform per clip and object
-SINGLE_SIZES = (7, 8)
-PAIR_SIZES = (6, 7)
+SPEED = (0.9, 1.2)  # px per frame, uniform per clip and object (a 5-6 px track fits the 12 px canvas)
+SINGLE_SIZES = (5, 6)
+PAIR_SIZES = (5,)  # two 5 px objects in the two 6 px halves
 BACKGROUND = (0.0, 0.2)  # grey shade, uniform per clip
 # (shape, motion) pairs never used in training captions: one moving direction per shape.
 HELDOUT_PAIRS = frozenset(

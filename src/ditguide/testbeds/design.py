@@ -23,21 +23,17 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.linalg import LinAlgWarning
 
 from ..guidance import GuidanceSpec, preset
-from ..metrics.scenes import load_judge, read, scene_metrics
 from ..profiles import ConfigError, load_pipeline, load_profile
 from ..render import PipelineRenderer
-from . import scenes
-from .evaluate import reference_and_floor
+from .design_scoring import ScenesScoring, scoring_for
 
-KEYS = ("fd", "all", "digit", "colour", "relation", "precision", "recall")
+KEYS = ScenesScoring.keys  # the glyph-scene testbed's metrics (each testbed's scoring has its own)
 STRENGTHENING = ("scale1.5",)  # layer-map edits that strengthen the model (alpha > 1)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -218,7 +214,7 @@ class Scorer:
     per_set: int
     base_seed: int
     params: dict
-    judge_path: str
+    judge_path: str | None
     runs_dir: str
     twins: dict[str, str]
     batch_size: int = 256
@@ -227,21 +223,19 @@ class Scorer:
 
     def __post_init__(self):
         self.prof = load_profile(self.profile, self.params)
+        self.scoring = scoring_for(self.prof, self.judge_path)
         self.pipe = load_pipeline(self.prof)
-        self.judge = load_judge(self.judge_path)
-        self.captions = [s.caption() for s in scenes.caption_set(self.split, self.per_set)]
-        self.reference, self.floor = reference_and_floor(self.judge, self.captions, self.max_sets)
+        self.captions = self.scoring.captions(self.split, self.per_set)
+        self.floor = self.scoring.prepare(self.captions, self.max_sets)
         self._twins: dict = {}
         self.images: dict[str, np.ndarray] = {}  # method name -> seed set 0 images
 
     def renderer(self, m: Method, seed_set: int) -> PipelineRenderer:
         base = self.base_seed + seed_set
         if m.twin is not None:
-            from .twins import twin_pipeline
-
             if m.twin not in self._twins:
                 self._twins[m.twin] = type(self.pipe).from_pretrained(self.twins[m.twin]).transformer.eval()
-            pipe = twin_pipeline(self.pipe, self._twins[m.twin], m.twin_scale)
+            pipe = self.scoring.twin_pipeline(self.pipe, self._twins[m.twin], m.twin_scale)
             pipe.set_progress_bar_config(disable=True)
             return PipelineRenderer(self.prof, pipe, cfg_scale=1.0, base_seed=base, steps=m.steps)
         if m.spec is not None:
@@ -259,28 +253,16 @@ class Scorer:
 
     def score(self, m: Method, seed_sets: int) -> dict:
         """Metrics per seed set (rendering what is missing under runs/) and their mean and SE."""
-        from ..evaluation_real import run_dir
-        from ..generate import generate
-        from ..metrics import Samples
-
         per_set, cost = [], None
         for k in range(seed_sets):
             r = self.renderer(m, k)
-            out = run_dir(
-                self.runs_dir, self.prof, "design", m.name.replace("/", "_"), r, self.captions, samples_per_prompt=1
-            )
-            generate(r, self.captions, out, batch_size=self.batch_size, base_seed=r.base_seed, progress=False)
-            samples = Samples.from_dir(out, len(self.captions))
-            images = np.stack([samples.image(i) for i in range(len(self.captions))])
+            images = self.scoring.render(self, m, r, k)
             if k == 0:
                 self.images[m.name] = images[:16]
                 cost = self.cost(m, r)
-            with warnings.catch_warnings():
-                # Dead ReLU units of the judge make sample covariances singular; sqrtm still converges
-                # (the floor is computed the same way) and SciPy's warning would repeat per set.
-                warnings.simplefilter("ignore", category=LinAlgWarning)
-                per_set.append(scene_metrics(read(self.judge, images), self.captions, self.reference))
-        return {"per_set": per_set, **aggregate(per_set), "nfe_per_step": cost}
+            per_set.append(self.scoring.score(images, self.captions))
+        keys = (*self.scoring.keys, *self.scoring.extra)
+        return {"per_set": per_set, **aggregate(per_set, keys), "nfe_per_step": cost}
 
     def seconds_per_sample(self, m: Method, count: int = 32, repeats: int = 2) -> float:
         """Wall-clock seconds per sample on one batch of `count` (best of `repeats`), this process."""
@@ -294,9 +276,9 @@ class Scorer:
         return best / count
 
 
-def aggregate(per_set: list[dict]) -> dict:
+def aggregate(per_set: list[dict], keys=(*KEYS, "all_unseen")) -> dict:
     out = {}
-    for key in (*KEYS, "all_unseen"):
+    for key in keys:
         vals = np.array([s[key] for s in per_set if key in s], dtype=np.float64)
         if len(vals):
             out[key] = float(vals.mean())
@@ -323,15 +305,27 @@ def feasible(entry: dict, rule: dict, floor_alignment: float) -> bool:
     )
 
 
+def loss(entry: dict, rule: dict) -> float:
+    """The rule's objective as a number to minimise: FD as it is, a higher-is-better score negated
+    (`rule["maximise"]`, set from the testbed's scoring)."""
+    value = entry[rule["objective"]]
+    return -value if rule.get("maximise") else value
+
+
 def choose(entries: dict[str, dict], rule: dict, floor_alignment: float, *, cost_cap: bool) -> tuple[str, bool]:
-    """The name of the best entry by the rule: minimal `objective` among entries whose alignment is
+    """The name of the best entry by the rule: the best `objective` among entries whose alignment is
     no worse than `floor_alignment` (and, with cost_cap, at most `max_nfe_per_step`). If none
     qualifies, the one with the best alignment (flagged False)."""
     r = dict(rule) if cost_cap else {**rule, "max_nfe_per_step": None}
     ok = {k: e for k, e in entries.items() if feasible(e, r, floor_alignment)}
     if ok:
-        return min(ok, key=lambda k: ok[k][rule["objective"]]), True
+        return min(ok, key=lambda k: loss(ok[k], rule)), True
     return max(entries, key=lambda k: entries[k][rule["alignment"]]), False
+
+
+def _brief(entry: dict, rule: dict) -> str:
+    o, a = rule["objective"], rule["alignment"]
+    return f"{o} {entry[o]:.4g}, {a} {entry[a]:.3f}"
 
 
 def search(
@@ -349,15 +343,12 @@ def search(
         rung0 = {}
         for m in configs:
             rung0[m.name] = scorer.score(m, 1)
-            log(
-                f"[dev {fam}] {m.label}: FD {rung0[m.name]['fd']:.0f}, all {rung0[m.name]['all']:.3f}, "
-                f"NFE/step {rung0[m.name]['nfe_per_step']:.2f}"
-            )
+            log(f"[dev {fam}] {m.label}: {_brief(rung0[m.name], rule)}, NFE/step {rung0[m.name]['nfe_per_step']:.2f}")
         ranked = sorted(
             rung0,
             key=lambda k: (
                 not feasible(rung0[k], {**rule, "max_nfe_per_step": None}, floor_alignment),
-                rung0[k][rule["objective"]],
+                loss(rung0[k], rule),
             ),
         )
         rung1 = {k: scorer.score(next(m for m in configs if m.name == k), sets) for k in ranked[: budget["keep"]]}
@@ -367,7 +358,7 @@ def search(
             "choice": best,
             "meets_alignment_floor": ok,
         }
-        log(f"[dev {fam}] choice: {best} (FD {rung1[best]['fd']:.0f}, all {rung1[best]['all']:.3f})")
+        log(f"[dev {fam}] choice: {best} ({_brief(rung1[best], rule)})")
     return out
 
 
@@ -389,8 +380,46 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def check_design_params(p: dict) -> None:
-    """Every parameter of the guidance_design section, before anything renders."""
+def design_params(section: dict, profile: str) -> dict:
+    """The guidance_design section resolved for one testbed, every parameter checked before anything
+    renders. `dev.per_set`, `test.per_set`, `select` and each `grid` list may be given per testbed
+    ({profile: value}); the result holds this testbed's values only."""
+    p = dict(section)
+    for key in ("dev", "test"):
+        if isinstance(p.get(key), dict) and isinstance(p[key].get("per_set"), dict):
+            per = p[key]["per_set"]
+            if profile not in per:
+                raise ConfigError(
+                    f"guidance_design.{key}.per_set has no entry for profile {profile!r}; it has: {', '.join(per)}"
+                )
+            p[key] = {**p[key], "per_set": per[profile]}
+    if isinstance(p.get("select"), dict) and "objective" not in p["select"]:
+        if profile not in p["select"]:
+            raise ConfigError(
+                f"guidance_design.select has no rule for profile {profile!r}; it has: {', '.join(p['select'])}"
+            )
+        p["select"] = p["select"][profile]
+    if isinstance(p.get("grid"), dict):
+        grid = {}
+        for key, values in p["grid"].items():
+            if isinstance(values, dict):
+                if profile not in values:
+                    raise ConfigError(
+                        f"guidance_design.grid.{key} has no entry for profile {profile!r}; it has: {', '.join(values)}"
+                    )
+                values = values[profile]
+            grid[key] = values
+        p["grid"] = grid
+    check_design_params(p)
+    return p
+
+
+def check_design_params(p: dict, keys: tuple[str, ...] | None = None) -> None:
+    """Every parameter of a resolved guidance_design section, before anything renders. keys: the
+    metrics the testbed's scoring has (default: those of any testbed)."""
+    from .design_scoring import ClipsScoring
+
+    keys = keys or tuple(dict.fromkeys((*KEYS, *ClipsScoring.keys)))
     need = {
         "dev": dict,
         "test": dict,
@@ -418,11 +447,7 @@ def check_design_params(p: dict) -> None:
         raise ConfigError(
             "guidance_design: dev.split must be 'dev' and test.split 'test' (tune on dev, report on test)"
         )
-    rule = p["select"]
-    if rule.get("objective") not in KEYS or rule.get("alignment") not in KEYS:
-        raise ConfigError(
-            f"guidance_design.select: objective and alignment must be metrics, one of {KEYS}; got {rule!r}"
-        )
+    check_rule(p["select"], keys)
     b = p["budget"]
     if not (isinstance(b.get("configs"), int) and isinstance(b.get("keep"), int) and 1 <= b["keep"] <= b["configs"]):
         raise ConfigError(f"guidance_design.budget: needs integers 1 <= keep <= configs, got {b!r}")
@@ -431,6 +456,20 @@ def check_design_params(p: dict) -> None:
             raise ConfigError(
                 f"guidance_design.grid.{key}={values!r} is not allowed; allowed: a non-empty list of numbers >= 0"
             )
+
+
+def check_rule(rule: dict, keys: tuple[str, ...]) -> None:
+    if rule.get("objective") not in keys or rule.get("alignment") not in keys:
+        raise ConfigError(
+            f"guidance_design.select: objective and alignment must be metrics, one of {keys}; got {rule!r}"
+        )
+
+
+def _rule(select: dict, scoring) -> dict:
+    """The declared rule, told whether its objective is better higher (the testbed's scoring knows),
+    after checking that the testbed has the metrics it names."""
+    check_rule(select, scoring.keys)
+    return {**select, "maximise": True} if select["objective"] not in scoring.lower_is_better else dict(select)
 
 
 def test_methods(
@@ -498,7 +537,7 @@ def run_dev(
     *,
     layer_scores: dict,
     twins: dict[str, str],
-    judge_path: str,
+    judge_path: str | None,
     runs_dir: str = "runs",
     log=print,
 ) -> tuple[dict, dict[str, list[Method]], Method]:
@@ -512,7 +551,8 @@ def run_dev(
     )
     reference = Method(f"cfg@{prof.cfg_scale:g}", "cfg", f"CFG {prof.cfg_scale:g}", cfg_scale=prof.cfg_scale)
     budget = {**p["budget"], "seed_sets": d["seed_sets"]}
-    dev = search(scorer, fams, budget, p["select"], reference, seed=p["budget"].get("seed", 0), log=log)
+    rule = _rule(p["select"], scorer.scoring)
+    dev = search(scorer, fams, budget, rule, reference, seed=p["budget"].get("seed", 0), log=log)
     dev.update(
         candidates=cands,
         budget=budget,
@@ -521,7 +561,7 @@ def run_dev(
         floor=scorer.floor,
         samples_rendered=sum(len(v) for v in fams.values()),
     )
-    selected = selected_method(dev, fams, p["select"])
+    selected = selected_method(dev, fams, rule)
     dev["selected"] = asdict(selected)
     return dev, fams, selected
 
@@ -535,7 +575,7 @@ def run_test(
     selected: Method,
     *,
     twins: dict[str, str],
-    judge_path: str,
+    judge_path: str | None,
     runs_dir: str = "runs",
     timing: bool = True,
     log=print,
@@ -552,8 +592,9 @@ def run_test(
     for m in methods:
         e = scorer.score(m, t["seed_sets"])
         results[m.name] = {**e, "family": m.family, "label": m.label, "method": asdict(m)}
+        o, a = p["select"]["objective"], p["select"]["alignment"]
         log(
-            f"[test] {m.label}: FD {e['fd']:.0f} ± {e['fd_se']:.0f}, all {e['all']:.3f} ± {e['all_se']:.3f}, "
+            f"[test] {m.label}: {o} {e[o]:.4g} ± {e[o + '_se']:.2g}, {a} {e[a]:.3f} ± {e[a + '_se']:.3f}, "
             f"NFE/step {e['nfe_per_step']:.2f}"
         )
     if timing:
@@ -565,10 +606,7 @@ def run_test(
     for ref_name, label in ((default, "cfg_default"), (best, "cfg_best")):
         comparison[label] = {
             "reference": ref_name,
-            "changes": {
-                k: paired_change(results[selected.name], results[ref_name], k)
-                for k in ("fd", "all", "digit", "precision", "recall")
-            },
+            "changes": {k: paired_change(results[selected.name], results[ref_name], k) for k in scorer.scoring.changes},
         }
     for m in methods:  # does each side of ours add anything? the selected method against its ablations
         if m.family == "ablation":
@@ -576,8 +614,7 @@ def run_test(
             comparison[label] = {
                 "reference": m.name,
                 "changes": {
-                    k: paired_change(results[selected.name], results[m.name], k)
-                    for k in ("fd", "all", "digit", "precision", "recall")
+                    k: paired_change(results[selected.name], results[m.name], k) for k in scorer.scoring.changes
                 },
             }
     test = {"split": t, "floor": scorer.floor, "methods": results, "selected": selected.name, "comparison": comparison}

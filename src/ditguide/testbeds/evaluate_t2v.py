@@ -109,10 +109,11 @@ def references(
     return real, chance, np.round(videos * 255).astype(np.uint8)
 
 
-def _render_method(
-    renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str
+def render_chunks(
+    renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str | None
 ) -> np.ndarray:
-    """Render (or reuse) every clip of a method in chunks; returns (N, F, H, W, 3) uint8."""
+    """Render (or reuse) every clip of a method in chunks; returns (N, F, H, W, 3) uint8. Progress is
+    printed per chunk under `label` (None: silent)."""
     manifest = {
         "renderer": renderer.describe(),
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
@@ -142,7 +143,8 @@ def _render_method(
             np.save(tmp, frames)
         chunks.append(frames)
         rendered += len(idx)
-        print(f"  {label}: {k0 + len(idx)}/{len(prompts)} clips ({time.time() - start:.0f} s)", flush=True)
+        if label is not None:
+            print(f"  {label}: {k0 + len(idx)}/{len(prompts)} clips ({time.time() - start:.0f} s)", flush=True)
     return np.concatenate(chunks)
 
 
@@ -289,7 +291,7 @@ def evaluate_clips(
     for name, (renderer, cost) in renderers.items():
         t0 = time.time()
         out = Path(runs_dir) / profile / "t2v_toy" / name
-        videos = _render_method(renderer, prompts, out, batch_size, name)
+        videos = render_chunks(renderer, prompts, out, batch_size, name)
         entry, per_clip = score_sets(videos, prompts, per_set)
         if cost is None:
             cost = renderer.nfe_per_step(prompts[0])

@@ -1,6 +1,6 @@
 """Train the T2V testbed and its weak twin (DVC stage train_toy_t2v).
 
-- `model/`: diffusers' WanTransformer3DModel (8 blocks of width 64, 2 heads x 32, FFN 128) on the
+- `model/`: diffusers' WanTransformer3DModel (8 blocks of width 64, 2 heads x 32, FFN 128, 1x2x2 patches) on the
   moving-shapes clips (`ditguide.testbeds.clips`), as a `ToyVideoPipeline` (a WanPipeline);
 - `twin_early/`: the same run's checkpoint at `early_fraction` of the steps (Karras et al.'s "less
   trained" weak model, the autoguidance reference).
@@ -121,6 +121,8 @@ def pipeline(transformer: WanTransformer3DModel, encoder: ToyPromptEncoder, fram
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
         text_encoder=encoder,
         num_frames=frames,
+        height=clips.SIZE,
+        width=clips.SIZE,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -138,8 +140,11 @@ def train_clips_model(
     snapshot_at: int | None = None,
     progress: bool = True,
     log_every: int = 100,
+    on_step=None,
 ):
-    """One training run; returns (model, losses, copy of the model after `snapshot_at` steps)."""
+    """One training run; returns (model, losses, copy of the model after `snapshot_at` steps).
+    on_step(step, transformer), if given, is called after every optimiser step (e.g. to look at the
+    model during a long run); it must not change the model."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -176,19 +181,23 @@ def train_clips_model(
                 f"step {step + 1}/{cfg.steps}: loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f} s)",
                 flush=True,
             )
+        if on_step is not None:
+            on_step(step + 1, transformer)
         if snapshot_at is not None and step + 1 == snapshot_at:
             snapshot = build_transformer(cfg)
             snapshot.load_state_dict(transformer.state_dict())
     return transformer.eval(), losses, snapshot
 
 
-def train_clips(out_dir: str | os.PathLike, cfg: ClipsTrainConfig = ClipsTrainConfig(), progress: bool = True) -> dict:
+def train_clips(
+    out_dir: str | os.PathLike, cfg: ClipsTrainConfig = ClipsTrainConfig(), progress: bool = True, on_step=None
+) -> dict:
     """Train the T2V testbed and its early twin into out_dir/{model,twin_early}; returns a summary."""
     out_dir = Path(out_dir)
     encoder = build_prompt_encoder(cfg)
     early_step = max(1, round(cfg.steps * cfg.early_fraction))
     start = time.time()
-    model, losses, early = train_clips_model(cfg, encoder, snapshot_at=early_step, progress=progress)
+    model, losses, early = train_clips_model(cfg, encoder, snapshot_at=early_step, progress=progress, on_step=on_step)
     seconds = time.time() - start
     summary = {"config": asdict(cfg)}
     logs = {}

@@ -16,7 +16,8 @@ Differences from WanPipeline, because there is no VAE and no T5:
   all zeros;
 - the noise of sample i is drawn from `sample_generators([i], base_seed)` (WanPipeline's `generator`
   list, which it also accepts), so a clip never depends on its batch;
-- `num_frames` is the number of frames (WanPipeline rounds to 4k + 1 for its VAE; there is none).
+- `num_frames` is the number of frames (WanPipeline rounds to 4k + 1 for its VAE; there is none);
+  it, `height` and `width` default to the clip size the pipeline was built for (its config).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class ToyVideoPipeline(WanPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
         text_encoder: ToyPromptEncoder | None = None,
         num_frames: int = 6,
+        height: int = 16,
+        width: int = 16,
         boundary_ratio: float | None = None,
         expand_timesteps: bool = False,
     ):
@@ -58,7 +61,14 @@ class ToyVideoPipeline(WanPipeline):
                 "ToyVideoPipeline is one-transformer Wan 2.1: boundary_ratio must be None and expand_timesteps False"
             )
         self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder)
-        self.register_to_config(num_frames=int(num_frames), boundary_ratio=None, expand_timesteps=False)
+        # The clip size the transformer was trained at, so that a loaded pipeline samples it by default.
+        self.register_to_config(
+            num_frames=int(num_frames),
+            height=int(height),
+            width=int(width),
+            boundary_ratio=None,
+            expand_timesteps=False,
+        )
         self.tokenizer = None
         self.vae = None
         self.transformer_2 = None
@@ -83,8 +93,8 @@ class ToyVideoPipeline(WanPipeline):
         self,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        height: int = 16,
-        width: int = 16,
+        height: int | None = None,
+        width: int | None = None,
         num_frames: int | None = None,
         num_inference_steps: int = 16,
         guidance_scale: float = 1.0,
@@ -103,6 +113,8 @@ class ToyVideoPipeline(WanPipeline):
         base_seed: int = 0,
     ):
         num_frames = self.config.num_frames if num_frames is None else num_frames
+        height = self.config.height if height is None else height
+        width = self.config.width if width is None else width
         if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
