@@ -357,3 +357,12 @@ def test_evaluation_end_to_end_on_a_tiny_untrained_model(tmp_path, monkeypatch):
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_colour_is_zero_not_undefined_when_no_clip_shows_a_captioned_shape():
+    caps = ["a red square moving left", "a blue circle staying still left of a green cross moving up"] * 2
+    blank = np.full((len(caps), C.FRAMES, C.SIZE, C.SIZE, 3), 0.1, dtype=np.float32)  # background only
+    per_clip = M.score_clips(blank, caps)
+    assert np.isnan(per_clip["color"]).all()  # per clip: nothing to judge the colour of
+    agg = M.aggregate(per_clip)
+    assert agg["color"] == 0.0 and agg["object_class"] == 0.0 and np.isfinite(agg["total"])

@@ -347,6 +347,10 @@ def aggregate(per_clip: dict[str, np.ndarray]) -> dict[str, float]:
     for d in PER_CLIP:
         v = per_clip[d][~np.isnan(per_clip[d])]
         raw[d] = float(v.mean()) if len(v) else float("nan")
+    if np.isnan(raw["color"]) and len(per_clip["color"]):
+        # Colour is judged on the clips that show a captioned shape. When none does (a badly broken
+        # model, a small set), no colour is right: 0, not undefined, so the Total stays comparable.
+        raw["color"] = 0.0
     out = dict(raw)
     out.update(vbench_shaped(raw))
     return out
