@@ -240,7 +240,7 @@ def _relation_score(relation: str, a: Blob, b: Blob, iou_threshold: float = 0.1)
     """VBench's get_position_score, with the axis test replaced by the generator's definition (a is
     the caption's first object): the boxes are in the captioned order along the relation's axis and
     overlap there by at most 1 px (VBench asks the centre offset to be larger along that axis than
-    across it, which objects in the two halves of a 16 px canvas need not satisfy). Then 1 if the
+    across it, which objects in the two halves of a small canvas need not satisfy). Then 1 if the
     boxes' IoU < 0.1, else 0.1 / IoU, as VBench."""
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
     first, second = {
