@@ -214,3 +214,11 @@ def test_selected_preset_is_a_named_preset(tmp_path, monkeypatch):
         preset("selected:scenes", scale=3.0)
     with pytest.raises(GuidanceSpecError, match="run the guidance_design stage"):
         preset("selected:clips")
+
+
+def test_paired_change_is_undefined_not_infinite_when_the_reference_is_zero():
+    m = {"per_set": [{"s": 0.1}, {"s": 0.0}, {"s": 0.2}]}
+    r = {"per_set": [{"s": 0.1}, {"s": 0.0}, {"s": 0.1}]}
+    out = design.paired_change(m, r, "s")
+    assert out["rel"] is None and out["lo"] is None and "reference is 0" in out["undefined"]
+    assert out["seed_sets"] == 3

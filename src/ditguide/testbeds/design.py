@@ -288,7 +288,11 @@ def aggregate(per_set: list[dict], keys=(*KEYS, "all_unseen")) -> dict:
 
 def paired_change(method: dict, reference: dict, key: str) -> dict:
     """Relative change of `key` against `reference` on the same seed sets: mean of the per-set ratios
-    minus 1, with a 95 % t-interval over seed sets."""
+    minus 1, with a 95 % t-interval over seed sets. Undefined (None, with the reason) where the
+    reference is 0 in a seed set (a rare event, such as shown+moving, can be absent from a small set)."""
+    n = len(reference["per_set"])
+    if any(b[key] == 0 for b in reference["per_set"]):
+        return {"rel": None, "lo": None, "hi": None, "seed_sets": n, "undefined": "the reference is 0 in a seed set"}
     rel = np.array([a[key] / b[key] - 1.0 for a, b in zip(method["per_set"], reference["per_set"])], dtype=np.float64)
     n = len(rel)
     half = T_975.get(n - 1, 1.96) * rel.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")

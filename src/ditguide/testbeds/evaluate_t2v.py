@@ -60,6 +60,8 @@ def twin_pipeline(pipe, twin_transformer: torch.nn.Module, scale: float):
         scheduler=pipe.scheduler,
         text_encoder=pipe.text_encoder,
         num_frames=pipe.config.num_frames,
+        height=pipe.config.height,
+        width=pipe.config.width,
     )
     out.set_progress_bar_config(disable=True)
     return out
