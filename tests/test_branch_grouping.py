@@ -22,29 +22,8 @@ from ditguide.denoiser import GuidanceError, GuidedDenoiser
 from ditguide.families.tiny import tiny_inputs, tiny_transformer
 from ditguide.guidance import StepInfo
 from ditguide.guidance.planner import CompiledBranch, cap_groups, sequential_order
+from helpers import FOUR_BRANCH_SPEC as SPEC
 
-
-def skip(*blocks):
-    return {"edits": [{"op": "skip", "blocks": list(blocks)}]}
-
-
-def scale(alpha, *blocks):
-    return {"edits": [{"op": "scale", "blocks": list(blocks), "alpha": alpha}]}
-
-
-# Four distinct branches on two prompts: cond, strong and weak on the positive prompt (edited at block
-# 1, so they share block 0), uncond_weak on the negative one.
-SPEC = {
-    "branches": {
-        "weak": {"prompt": "pos", "edits": skip(1)},
-        "strong": {"prompt": "pos", "edits": scale(1.5, 1)},
-        "uncond_weak": {"prompt": "neg", "edits": skip(1)},
-    },
-    "terms": [
-        {"rule": "cfg", "scale": 3.0, "minus": "uncond_weak"},
-        {"rule": "delta", "scale": 1.5, "plus": "strong", "minus": "weak"},
-    ],
-}
 BRANCHES = 4
 FAMILIES = ["flux", "cogview4", "wan", "sd3"]
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12)}

@@ -14,32 +14,12 @@ from ditguide.denoiser import GuidanceError, GuidedDenoiser
 from ditguide.edits import apply_edits
 from ditguide.families.tiny import tiny_inputs, tiny_transformer
 from ditguide.guidance import StepInfo, preset
+from helpers import FOUR_BRANCH_SPEC as SPEC
+from helpers import scale, skip
 
 FAMILIES = ["flux", "cogview4", "wan", "sd3"]
 BLOCKS = {"flux": 4, "cogview4": 2, "wan": 2, "sd3": 3}
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def skip(*blocks):
-    return {"edits": [{"op": "skip", "blocks": list(blocks)}]}
-
-
-def scale(alpha, *blocks):
-    return {"edits": [{"op": "scale", "blocks": list(blocks), "alpha": alpha}]}
-
-
-# CFG against a weakened negative, plus strong/weak autoguidance: four distinct branches.
-SPEC = {
-    "branches": {
-        "weak": {"prompt": "pos", "edits": skip(1)},
-        "strong": {"prompt": "pos", "edits": scale(1.5, 1)},
-        "uncond_weak": {"prompt": "neg", "edits": skip(1)},
-    },
-    "terms": [
-        {"rule": "cfg", "scale": 3.0, "minus": "uncond_weak"},
-        {"rule": "delta", "scale": 1.5, "plus": "strong", "minus": "weak"},
-    ],
-}
 
 
 def clock(step=0, n=10, sigma=0.5):
