@@ -259,6 +259,28 @@ def _relation_score(relation: str, a: Blob, b: Blob, iou_threshold: float = 0.1)
 
 def clip_scores(r: ClipReading, clip: C.Clip) -> dict[str, float]:
     """Every dimension of one clip (NaN where a dimension does not apply), plus the acceptance flags."""
+    out = _frame_scores(r)
+    speeds = [0.0]
+    for colour in range(len(C.COLOURS)):
+        ts, pts = r.track(colour)
+        if len(ts) >= 3:
+            v, _ = velocity(ts, pts)
+            speeds.append(float(np.hypot(*v)))
+    out["dynamic_degree"] = float(max(speeds) >= DYNAMIC_SPEED)
+    objs = clip.objects
+    shape_ids = [C.SHAPES.index(o.shape) for o in objs]
+    colour_ids = [C.COLOURS.index(o.colour) for o in objs]
+    out.update(_object_scores(r, objs, shape_ids, colour_ids))
+    if len(objs) == 2:
+        out.update(_pair_scores(r, clip.relation, shape_ids, colour_ids))
+    else:
+        out["multiple_objects"] = out["spatial_relationship"] = float("nan")
+    out["all_correct"] = float(out["shown_and_moving"] and (len(objs) == 1 or out["spatial_relationship"] > 0.5))
+    return out
+
+
+def _frame_scores(r: ClipReading) -> dict[str, float]:
+    """The whole-frame dimensions: subject and background consistency, temporal flickering, imaging quality."""
     F = len(r.blobs)
     out: dict[str, float] = {}
     feats = subject_features(r)
@@ -276,18 +298,14 @@ def clip_scores(r: ClipReading, clip: C.Clip) -> dict[str, float]:
         flicker.append(mae)
     out["temporal_flickering"] = (255.0 - float(np.mean(flicker))) / 255.0
     out["imaging_quality"] = float(np.mean([np.mean([b.quality for b in bl]) if bl else 0.0 for bl in r.blobs]))
+    return out
 
+
+def _object_scores(r: ClipReading, objs, shape_ids: list[int], colour_ids: list[int]) -> dict[str, float]:
+    """Per captioned object, averaged: motion smoothness, the captioned motion, object class, colour, and
+    whether every object is shown in most frames and moves as captioned."""
+    F = len(r.blobs)
     smooth, motion, shown = [], [], []
-    speeds = [0.0]
-    for colour in range(len(C.COLOURS)):
-        ts, pts = r.track(colour)
-        if len(ts) >= 3:
-            v, _ = velocity(ts, pts)
-            speeds.append(float(np.hypot(*v)))
-    out["dynamic_degree"] = float(max(speeds) >= DYNAMIC_SPEED)
-    objs = clip.objects
-    shape_ids = [C.SHAPES.index(o.shape) for o in objs]
-    colour_ids = [C.COLOURS.index(o.colour) for o in objs]
     object_frames, colour_rates = [], []
     for o, s, c in zip(objs, shape_ids, colour_ids):
         ts, pts = r.track(c)
@@ -301,27 +319,27 @@ def clip_scores(r: ClipReading, clip: C.Clip) -> dict[str, float]:
         with_shape = [f for f in range(F) if any(b.shape == s for b in r.blobs[f])]
         if with_shape:
             colour_rates.append(np.mean([any(b.shape == s and b.colour == c for b in r.blobs[f]) for f in with_shape]))
-    out["motion_smoothness"] = float(np.mean(smooth))
-    out["motion"] = float(np.mean(motion))
-    out["object_class"] = float(np.mean(object_frames))
-    out["color"] = float(np.mean(colour_rates)) if colour_rates else float("nan")
-    out["shown_and_moving"] = float(all(shown))
-    if len(objs) == 2:
-        need = sorted(shape_ids)
-        multi = []
-        rel = []
-        for f in range(F):
-            have = sorted(b.shape for b in r.blobs[f])
-            multi.append(all(have.count(s) >= need.count(s) for s in set(need)))
-            a, b = r.blob(f, colour_ids[0]), r.blob(f, colour_ids[1])
-            ok = a is not None and b is not None and a.shape == shape_ids[0] and b.shape == shape_ids[1]
-            rel.append(_relation_score(clip.relation, a, b) if ok else 0.0)
-        out["multiple_objects"] = float(np.mean(multi))
-        out["spatial_relationship"] = float(np.mean(rel))
-    else:
-        out["multiple_objects"] = out["spatial_relationship"] = float("nan")
-    out["all_correct"] = float(out["shown_and_moving"] and (len(objs) == 1 or out["spatial_relationship"] > 0.5))
-    return out
+    return {
+        "motion_smoothness": float(np.mean(smooth)),
+        "motion": float(np.mean(motion)),
+        "object_class": float(np.mean(object_frames)),
+        "color": float(np.mean(colour_rates)) if colour_rates else float("nan"),
+        "shown_and_moving": float(all(shown)),
+    }
+
+
+def _pair_scores(r: ClipReading, relation: str, shape_ids: list[int], colour_ids: list[int]) -> dict[str, float]:
+    """The two-object dimensions: both shapes present per frame, and the captioned spatial relation."""
+    need = sorted(shape_ids)
+    multi = []
+    rel = []
+    for f in range(len(r.blobs)):
+        have = sorted(b.shape for b in r.blobs[f])
+        multi.append(all(have.count(s) >= need.count(s) for s in set(need)))
+        a, b = r.blob(f, colour_ids[0]), r.blob(f, colour_ids[1])
+        ok = a is not None and b is not None and a.shape == shape_ids[0] and b.shape == shape_ids[1]
+        rel.append(_relation_score(relation, a, b) if ok else 0.0)
+    return {"multiple_objects": float(np.mean(multi)), "spatial_relationship": float(np.mean(rel))}
 
 
 PER_CLIP = (*DIMENSIONS, "shown_and_moving", "all_correct")

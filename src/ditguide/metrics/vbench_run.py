@@ -122,6 +122,37 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+
+    unknown = sorted(set(args.dimensions) - set(DIMENSIONS))
+    if unknown:
+        fail(f"unknown dimensions {unknown}; allowed: {', '.join(DIMENSIONS)}")
+    # Locate vbench without importing it (that takes seconds): the cheap checks come first.
+    spec = importlib.util.find_spec("vbench")
+    if spec is None or spec.origin is None:
+        fail("cannot find vbench: run this with the VBench environment's python (scripts/setup_vbench_env.sh)")
+    vbench_dir = Path(spec.origin).parent
+
+    inputs = None
+    if not args.prefetch:
+        inputs = _check_inputs(args, vbench_dir)
+        if inputs is None:
+            return 0  # every dimension is finished already
+
+    import vbench
+
+    _check_importable(args.dimensions)
+    local = not args.no_local
+    if args.prefetch:
+        for dim in args.dimensions:
+            ensure_weights(dim, local)
+        print("weights present for: " + ", ".join(args.dimensions))
+        return 0
+    _evaluate(args, vbench, local, *inputs)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", help="folder of videos (a generation folder's samples/)")
     parser.add_argument("--out", help="results folder: one <dimension>.json each")
@@ -140,50 +171,45 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--prefetch", action="store_true", help="download the dimensions' weights into $VBENCH_CACHE_DIR and exit"
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    unknown = sorted(set(args.dimensions) - set(DIMENSIONS))
-    if unknown:
-        fail(f"unknown dimensions {unknown}; allowed: {', '.join(DIMENSIONS)}")
-    # Locate vbench without importing it (that takes seconds): the cheap checks come first.
-    spec = importlib.util.find_spec("vbench")
-    if spec is None or spec.origin is None:
-        fail("cannot find vbench: run this with the VBench environment's python (scripts/setup_vbench_env.sh)")
-    vbench_dir = Path(spec.origin).parent
 
+def _check_inputs(args, vbench_dir: Path) -> tuple[Path, Path, Path, list] | None:
+    """(videos folder, results folder, prompt suite, prompt list) after checking them, or None (with a
+    message) when every dimension is in the results folder already."""
     prompt_list = []
-    if not args.prefetch:
-        if not args.videos or not args.out:
-            fail("--videos and --out are required (unless --prefetch)")
-        videos_dir = Path(args.videos).resolve()
-        out_dir = Path(args.out).resolve()
-        if all((out_dir / f"{d}.json").is_file() for d in args.dimensions):
-            print(f"all {len(args.dimensions)} dimensions already in {out_dir}")
-            return 0
-        suffix = check_videos_folder(videos_dir)
-        full_info_path = (Path(args.full_info) if args.full_info else vbench_dir / "VBench_full_info.json").resolve()
-        if not full_info_path.is_file():
-            fail(f"prompt suite {full_info_path} not found")
-        if args.mode == "vbench_standard":
-            full_info = json.loads(full_info_path.read_text())
-            wanted = expected_videos(full_info, args.dimensions, videos_dir, args.videos_per_prompt, suffix)
-            missing = [p.name for p in wanted if not p.is_file()]
-            if missing:
-                fail(
-                    f"{len(missing)} of the {len(wanted)} videos the prompt suite expects are missing from {videos_dir}, "
-                    f"e.g. {missing[:3]}; generate them first (VBench would silently score fewer videos)"
-                )
-        else:
-            if not args.prompt_file:
-                fail(
-                    "--mode custom_input needs --prompt-file (JSON {video path: prompt}; ditguide.generate.prompt_map writes it)"
-                )
-            prompt_list = json.loads(Path(args.prompt_file).read_text())
+    if not args.videos or not args.out:
+        fail("--videos and --out are required (unless --prefetch)")
+    videos_dir = Path(args.videos).resolve()
+    out_dir = Path(args.out).resolve()
+    if all((out_dir / f"{d}.json").is_file() for d in args.dimensions):
+        print(f"all {len(args.dimensions)} dimensions already in {out_dir}")
+        return None
+    suffix = check_videos_folder(videos_dir)
+    full_info_path = (Path(args.full_info) if args.full_info else vbench_dir / "VBench_full_info.json").resolve()
+    if not full_info_path.is_file():
+        fail(f"prompt suite {full_info_path} not found")
+    if args.mode == "vbench_standard":
+        full_info = json.loads(full_info_path.read_text())
+        wanted = expected_videos(full_info, args.dimensions, videos_dir, args.videos_per_prompt, suffix)
+        missing = [p.name for p in wanted if not p.is_file()]
+        if missing:
+            fail(
+                f"{len(missing)} of the {len(wanted)} videos the prompt suite expects are missing from {videos_dir}, "
+                f"e.g. {missing[:3]}; generate them first (VBench would silently score fewer videos)"
+            )
+    else:
+        if not args.prompt_file:
+            fail(
+                "--mode custom_input needs --prompt-file (JSON {video path: prompt}; ditguide.generate.prompt_map writes it)"
+            )
+        prompt_list = json.loads(Path(args.prompt_file).read_text())
+    return videos_dir, out_dir, full_info_path, prompt_list
 
-    import vbench
 
+def _check_importable(dimensions) -> None:
     not_importable = {}
-    for dim in args.dimensions:
+    for dim in dimensions:
         try:
             importlib.import_module(f"vbench.{dim}")
         except Exception as e:  # noqa: BLE001 - report every unusable dimension at once
@@ -194,13 +220,10 @@ def main(argv=None) -> int:
             for d, why in not_importable.items()
         ]
         fail("these dimensions cannot be imported in this environment:\n" + "\n".join(lines))
-    local = not args.no_local
-    if args.prefetch:
-        for dim in args.dimensions:
-            ensure_weights(dim, local)
-        print("weights present for: " + ", ".join(args.dimensions))
-        return 0
 
+
+def _evaluate(args, vbench, local: bool, videos_dir: Path, out_dir: Path, full_info_path: Path, prompt_list) -> None:
+    """Every dimension not yet in `out_dir`, each written there (rank 0) when it is finished."""
     import torch
     from vbench import VBench
     from vbench.distributed import barrier, dist_init, get_rank, get_world_size
@@ -227,27 +250,30 @@ def main(argv=None) -> int:
             imaging_quality_preprocessing_mode=args.imaging_quality_preprocessing,
         )
         if get_rank() == 0:
-            score, video_results = json.loads((work_dir / f"{dim}_eval_results.json").read_text())[dim]
-            write_json_atomic(
-                result_path,
-                {
-                    "dimension": dim,
-                    "score": float(score),
-                    "n_videos": len(video_results),
-                    "mode": args.mode,
-                    "videos": str(videos_dir),
-                    "full_info": str(full_info_path),
-                    "device": args.device,
-                    "world_size": get_world_size(),
-                    "imaging_quality_preprocessing": args.imaging_quality_preprocessing,
-                    "vbench_version": getattr(vbench, "__version__", None) or _dist_version("vbench"),
-                    "video_results": video_results,
-                },
-            )
-            print(f"{dim}: {float(score):.6f} over {len(video_results)} videos -> {result_path}")
+            _write_result(args, vbench, dim, work_dir, result_path, videos_dir, full_info_path, get_world_size)
         if get_world_size() > 1:
             barrier()
-    return 0
+
+
+def _write_result(args, vbench, dim, work_dir, result_path, videos_dir, full_info_path, get_world_size) -> None:
+    score, video_results = json.loads((work_dir / f"{dim}_eval_results.json").read_text())[dim]
+    write_json_atomic(
+        result_path,
+        {
+            "dimension": dim,
+            "score": float(score),
+            "n_videos": len(video_results),
+            "mode": args.mode,
+            "videos": str(videos_dir),
+            "full_info": str(full_info_path),
+            "device": args.device,
+            "world_size": get_world_size(),
+            "imaging_quality_preprocessing": args.imaging_quality_preprocessing,
+            "vbench_version": getattr(vbench, "__version__", None) or _dist_version("vbench"),
+            "video_results": video_results,
+        },
+    )
+    print(f"{dim}: {float(score):.6f} over {len(video_results)} videos -> {result_path}")
 
 
 def _dist_version(name: str):

@@ -263,10 +263,26 @@ def run_vbench(
     if all((Path(results_dir) / f"{d}.json").is_file() for d in dimensions):
         return load_raw_scores(results_dir, dimensions)  # finished earlier: no need to start the VBench env
     python = check_vbench_python(python)
+    cmd = _command(python, nproc, videos_dir, results_dir, device, mode, videos_per_prompt, dimensions)
+    if full_info is not None:
+        cmd += ["--full-info", str(full_info)]
+    if prompt_file is not None:
+        cmd += ["--prompt-file", str(prompt_file)]
+    # The VBench env must not see our environment's packages (PYTHONPATH from a notebook, say).
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise VBenchEnvironmentError(f"vbench_run.py failed (exit {proc.returncode}):\n{tail}")
+    return load_raw_scores(results_dir, dimensions)
+
+
+def _command(python: Path, nproc: int, videos_dir, results_dir, device, mode, videos_per_prompt, dimensions) -> list:
+    """vbench_run.py's command line (under torchrun when `nproc > 1`), without the optional files."""
     launcher = (
         [str(python)] if nproc == 1 else [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     )
-    cmd = launcher + [
+    return launcher + [
         str(VBENCH_RUN_SCRIPT),
         "--videos",
         str(videos_dir),
@@ -281,17 +297,6 @@ def run_vbench(
         "--dimensions",
         *dimensions,
     ]
-    if full_info is not None:
-        cmd += ["--full-info", str(full_info)]
-    if prompt_file is not None:
-        cmd += ["--prompt-file", str(prompt_file)]
-    # The VBench env must not see our environment's packages (PYTHONPATH from a notebook, say).
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise VBenchEnvironmentError(f"vbench_run.py failed (exit {proc.returncode}):\n{tail}")
-    return load_raw_scores(results_dir, dimensions)
 
 
 class VBench:

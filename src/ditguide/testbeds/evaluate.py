@@ -83,48 +83,17 @@ def evaluate_scenes(
     """No guidance, CFG at each scale, and autoguidance with each trained twin ({name: folder})."""
     from ..evaluation_real import run_dir
     from ..generate import generate
-    from ..metrics import Samples
-    from .twins import twin_pipeline
 
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
-    _check(
-        prof.family == "toy" and (prof.height, prof.width) == (scenes.SIZE, scenes.SIZE),
-        "profile",
-        profile,
-        f"a toy-family profile of {scenes.SIZE}x{scenes.SIZE} scenes",
-    )
-    _check(isinstance(per_set, int) and per_set >= 10, "per_set", per_set, "an integer >= 10")
-    _check(
-        isinstance(seed_sets, int) and seed_sets >= 3,
-        "seed_sets",
-        seed_sets,
-        "an integer >= 3 (standard errors need them)",
-    )
-    for s in cfg_scales:
-        _check(isinstance(s, (int, float)) and np.isfinite(s) and s >= 1, "cfg_scales", s, "finite numbers >= 1")
     twins = dict(twins or {})
-    for name, folder in twins.items():
-        _check((Path(folder) / "model_index.json").is_file(), f"twins.{name}", folder, "a trained twin pipeline folder")
+    _check_arguments(prof, profile, per_set, seed_sets, cfg_scales, twins)
     captions = [s.caption() for s in scenes.caption_set(split, per_set)]
     prompts = captions * seed_sets  # sample i: caption i % per_set, seed set i // per_set
 
     judge = load_judge(judge_path)
     pipe = load_pipeline(prof)
-    renderers: dict[str, tuple[PipelineRenderer, float]] = {
-        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)
-    }
-    for s in sorted({float(s) for s in cfg_scales} - {1.0}):
-        renderers[f"cfg@{s:g}"] = (PipelineRenderer(prof, pipe, cfg_scale=s, base_seed=base_seed), 2.0)
-    for name, folder in twins.items():
-        twin = type(pipe).from_pretrained(folder).transformer.eval()
-        guided = twin_pipeline(pipe, twin, twin_scale)
-        guided.set_progress_bar_config(disable=True)
-        renderers[f"ag_{name}"] = (
-            PipelineRenderer(prof, guided, cfg_scale=1.0, base_seed=base_seed),
-            guided.transformer.blocks_per_call(),
-        )
-
+    renderers = _renderers(prof, pipe, cfg_scales, twins, twin_scale, base_seed)
     reference, floor = reference_and_floor(judge, captions, seed_sets)
     result = TestbedResult(
         metrics={
@@ -145,25 +114,82 @@ def evaluate_scenes(
     for name, (renderer, cost) in renderers.items():
         out = run_dir(runs_dir, prof, "testbed", name, renderer, prompts, samples_per_prompt=1)
         summary = generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
-        samples = Samples.from_dir(out, len(prompts))
-        images = np.stack([samples.image(i) for i in range(len(prompts))])
-        judged = read(judge, images)
-        sets = [
-            scene_metrics({k: v[k0 : k0 + per_set] for k, v in judged.items()}, captions, reference)
-            for k0 in range(0, len(prompts), per_set)
-        ]
-        entry = _aggregate(sets)
+        images = _read_images(out, len(prompts))
+        entry = _score(judge, images, captions, reference, per_set)
         entry.update(nfe_per_step=cost, cfg_scale=renderer.cfg_scale if not name.startswith("ag_") else None)
         if name.startswith("ag_"):
             entry.update(twin=str(twins[name[3:]]), twin_scale=twin_scale)
         result.metrics["methods"][name] = entry
         result.images[name] = images
-        print(
-            f"{name}: FD {entry['fd']:.3f} ± {entry['fd_se']:.3f}, all-correct {entry['all']:.3f} ± {entry['all_se']:.3f} "
-            f"({summary.rendered} rendered, {summary.skipped} reused, in {out})",
-            flush=True,
-        )
+        _report(name, entry, summary, out)
     return result
+
+
+def _check_arguments(prof, profile: str, per_set, seed_sets, cfg_scales, twins: dict) -> None:
+    """evaluate_scenes' arguments, before anything loads."""
+    _check(
+        prof.family == "toy" and (prof.height, prof.width) == (scenes.SIZE, scenes.SIZE),
+        "profile",
+        profile,
+        f"a toy-family profile of {scenes.SIZE}x{scenes.SIZE} scenes",
+    )
+    _check(isinstance(per_set, int) and per_set >= 10, "per_set", per_set, "an integer >= 10")
+    _check(
+        isinstance(seed_sets, int) and seed_sets >= 3,
+        "seed_sets",
+        seed_sets,
+        "an integer >= 3 (standard errors need them)",
+    )
+    for s in cfg_scales:
+        _check(isinstance(s, (int, float)) and np.isfinite(s) and s >= 1, "cfg_scales", s, "finite numbers >= 1")
+    for name, folder in twins.items():
+        _check((Path(folder) / "model_index.json").is_file(), f"twins.{name}", folder, "a trained twin pipeline folder")
+
+
+def _renderers(prof, pipe, cfg_scales, twins: dict, twin_scale: float, base_seed: int) -> dict:
+    """{method: (renderer, forwards per step)}: no guidance, CFG at each scale, each twin's autoguidance."""
+    from .twins import twin_pipeline
+
+    renderers: dict[str, tuple[PipelineRenderer, float]] = {
+        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)
+    }
+    for s in sorted({float(s) for s in cfg_scales} - {1.0}):
+        renderers[f"cfg@{s:g}"] = (PipelineRenderer(prof, pipe, cfg_scale=s, base_seed=base_seed), 2.0)
+    for name, folder in twins.items():
+        twin = type(pipe).from_pretrained(folder).transformer.eval()
+        guided = twin_pipeline(pipe, twin, twin_scale)
+        guided.set_progress_bar_config(disable=True)
+        renderers[f"ag_{name}"] = (
+            PipelineRenderer(prof, guided, cfg_scale=1.0, base_seed=base_seed),
+            guided.transformer.blocks_per_call(),
+        )
+    return renderers
+
+
+def _read_images(out: Path, count: int) -> np.ndarray:
+    """The method's rendered samples, (N, H, W, 3) uint8, read back through the sample folder's reader."""
+    from ..metrics import Samples
+
+    samples = Samples.from_dir(out, count)
+    return np.stack([samples.image(i) for i in range(count)])
+
+
+def _score(judge, images: np.ndarray, captions: list[str], reference: np.ndarray, per_set: int) -> dict:
+    """The scene metrics per seed set (consecutive blocks of `per_set`) and their mean and SE."""
+    judged = read(judge, images)
+    sets = [
+        scene_metrics({k: v[k0 : k0 + per_set] for k, v in judged.items()}, captions, reference)
+        for k0 in range(0, len(images), per_set)
+    ]
+    return _aggregate(sets)
+
+
+def _report(name: str, entry: dict, summary, out: Path) -> None:
+    print(
+        f"{name}: FD {entry['fd']:.3f} ± {entry['fd_se']:.3f}, all-correct {entry['all']:.3f} ± {entry['all_se']:.3f} "
+        f"({summary.rendered} rendered, {summary.skipped} reused, in {out})",
+        flush=True,
+    )
 
 
 def regime_checks(metrics: dict) -> dict:

@@ -205,30 +205,7 @@ def evaluate_clips(
     """No guidance, CFG at each scale, the profile's guidance specs, autoguidance with each twin."""
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
-    _check(
-        prof.family == "toy" and prof.kind == "video" and (prof.height, prof.width) == (clips.SIZE, clips.SIZE),
-        "profile",
-        profile,
-        f"a toy-family video profile of {clips.SIZE}x{clips.SIZE} clips",
-    )
-    _check(isinstance(per_set, int) and per_set >= 10, "per_set", per_set, "an integer >= 10")
-    _check(
-        isinstance(seed_sets, int) and seed_sets >= 3,
-        "seed_sets",
-        seed_sets,
-        "an integer >= 3 (standard errors need them)",
-    )
-    _check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
-    for s in cfg_scales:
-        _check(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s >= 1,
-            "cfg_scales",
-            s,
-            "finite numbers >= 1",
-        )
-    _check(
-        isinstance(twin_scale, (int, float)) and np.isfinite(twin_scale), "twin_scale", twin_scale, "a finite number"
-    )
+    _check_arguments(prof, profile, per_set, seed_sets, batch_size, cfg_scales, twin_scale)
     guided = {name: guidance_spec(prof, name) for name in specs}  # refuses unknown names before any work
     twins = dict(twins or {})
     for name, folder in twins.items():
@@ -244,25 +221,34 @@ def evaluate_clips(
         prof.num_frames,
         f"{frames}, the frames the model was trained on",
     )
-    renderers: dict[str, tuple[PipelineRenderer, float | None]] = {
-        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)
-    }
-    for s in sorted({float(s) for s in cfg_scales} - {1.0}):
-        renderers[f"cfg@{s:g}"] = (PipelineRenderer(prof, pipe, cfg_scale=s, base_seed=base_seed), 2.0)
-    for name, spec in guided.items():
-        r = PipelineRenderer(prof, pipe, guidance=spec, base_seed=base_seed)
-        r.validate(captions)
-        renderers[name] = (r, None)
-    for name, folder in twins.items():
-        twin = type(pipe).from_pretrained(folder).transformer.eval()
-        tp = twin_pipeline(pipe, twin, twin_scale)
-        renderers[f"ag_{name}"] = (
-            PipelineRenderer(prof, tp, cfg_scale=1.0, base_seed=base_seed),
-            tp.transformer.blocks_per_call(),
-        )
-    for r, _ in renderers.values():
-        r.validate(captions)
+    renderers = _renderers(prof, pipe, cfg_scales, guided, twins, twin_scale, base_seed, captions)
 
+    result = _with_references(profile, prof, captions, split, per_set, seed_sets, frames, base_seed, twin_scale, guided)
+    vbench_methods = ("none", f"cfg@{prof.cfg_scale:g}")  # VBench's own flickering as well (_with_references)
+    for name, (renderer, cost) in renderers.items():
+        t0 = time.time()
+        videos = render_chunks(renderer, prompts, Path(runs_dir) / profile / "t2v_toy" / name, batch_size, name)
+        entry = _method_entry(name, renderer, cost, videos, prompts, per_set, t0)
+        if name.startswith("ag_"):
+            entry.update(twin=str(twins[name[3:]]), twin_scale=twin_scale)
+        result.metrics["methods"][name] = entry
+        result.videos[name] = videos
+        if name in vbench_methods:
+            result.metrics["vbench_temporal_flickering"][name] = vbench_flickering(videos, per_set)
+        print(
+            f"{name}: Total {entry['total']:.3f} ± {entry['total_se']:.3f}, semantic {entry['semantic']:.3f}, "
+            f"quality {entry['quality']:.3f}, shown & moving {entry['shown_and_moving']:.3f} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    return result
+
+
+def _with_references(
+    profile: str, prof, captions, split, per_set, seed_sets, frames, base_seed, twin_scale, guided
+) -> T2VResult:
+    """The result before any method: the settings and the two reference rows, real renders of the
+    captions (the ceiling) and the same judged against another caption (chance), with VBench's own
+    temporal_flickering of the real renders."""
     print(f"references: real renders of {per_set} {split} captions x {seed_sets} sets", flush=True)
     real, chance, real_clips = references(captions, seed_sets, frames=frames)
     result = T2VResult(
@@ -287,35 +273,76 @@ def evaluate_clips(
     )
     # VBench's own implementation where it runs on our clips (temporal_flickering; motion_smoothness
     # needs the AMT weights, not available offline): the real renders, unguided and the default CFG.
-    vbench_methods = ("none", f"cfg@{prof.cfg_scale:g}")
     result.metrics["vbench_temporal_flickering"]["real"] = vbench_flickering(real_clips, per_set)
     result.videos["real"] = real_clips
-    for name, (renderer, cost) in renderers.items():
-        t0 = time.time()
-        out = Path(runs_dir) / profile / "t2v_toy" / name
-        videos = render_chunks(renderer, prompts, out, batch_size, name)
-        entry, per_clip = score_sets(videos, prompts, per_set)
-        if cost is None:
-            cost = renderer.nfe_per_step(prompts[0])
-        entry.update(
-            nfe_per_step=float(cost),
-            seconds=round(time.time() - t0, 1),
-            unseen_note="test captions hold no held-out pair; see the 'unseen' split",
-        )
-        if name.startswith("cfg@") or name == "none":
-            entry["cfg_scale"] = renderer.cfg_scale
-        if name.startswith("ag_"):
-            entry.update(twin=str(twins[name[3:]]), twin_scale=twin_scale)
-        result.metrics["methods"][name] = entry
-        result.videos[name] = videos
-        if name in vbench_methods:
-            result.metrics["vbench_temporal_flickering"][name] = vbench_flickering(videos, per_set)
-        print(
-            f"{name}: Total {entry['total']:.3f} ± {entry['total_se']:.3f}, semantic {entry['semantic']:.3f}, "
-            f"quality {entry['quality']:.3f}, shown & moving {entry['shown_and_moving']:.3f} ({time.time() - t0:.0f} s)",
-            flush=True,
-        )
     return result
+
+
+def _method_entry(name: str, renderer, cost, videos, prompts, per_set, t0: float) -> dict:
+    """A method's scores (mean and SE over seed sets), its cost in forwards per step and its seconds."""
+    entry, per_clip = score_sets(videos, prompts, per_set)
+    if cost is None:
+        cost = renderer.nfe_per_step(prompts[0])
+    entry.update(
+        nfe_per_step=float(cost),
+        seconds=round(time.time() - t0, 1),
+        unseen_note="test captions hold no held-out pair; see the 'unseen' split",
+    )
+    if name.startswith("cfg@") or name == "none":
+        entry["cfg_scale"] = renderer.cfg_scale
+    return entry
+
+
+def _check_arguments(prof, profile: str, per_set, seed_sets, batch_size, cfg_scales, twin_scale) -> None:
+    """evaluate_clips' numeric arguments and its profile, before anything loads."""
+    _check(
+        prof.family == "toy" and prof.kind == "video" and (prof.height, prof.width) == (clips.SIZE, clips.SIZE),
+        "profile",
+        profile,
+        f"a toy-family video profile of {clips.SIZE}x{clips.SIZE} clips",
+    )
+    _check(isinstance(per_set, int) and per_set >= 10, "per_set", per_set, "an integer >= 10")
+    _check(
+        isinstance(seed_sets, int) and seed_sets >= 3,
+        "seed_sets",
+        seed_sets,
+        "an integer >= 3 (standard errors need them)",
+    )
+    _check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+    for s in cfg_scales:
+        _check(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s >= 1,
+            "cfg_scales",
+            s,
+            "finite numbers >= 1",
+        )
+    _check(
+        isinstance(twin_scale, (int, float)) and np.isfinite(twin_scale), "twin_scale", twin_scale, "a finite number"
+    )
+
+
+def _renderers(prof, pipe, cfg_scales, guided: dict, twins: dict, twin_scale: float, base_seed: int, captions) -> dict:
+    """{method: (renderer, forwards per step or None: counted from the renderer)}: no guidance, CFG at
+    each scale, the guidance specs, each twin's autoguidance; every renderer validated on `captions`."""
+    renderers: dict[str, tuple[PipelineRenderer, float | None]] = {
+        "none": (PipelineRenderer(prof, pipe, cfg_scale=1.0, base_seed=base_seed), 1.0)
+    }
+    for s in sorted({float(s) for s in cfg_scales} - {1.0}):
+        renderers[f"cfg@{s:g}"] = (PipelineRenderer(prof, pipe, cfg_scale=s, base_seed=base_seed), 2.0)
+    for name, spec in guided.items():
+        r = PipelineRenderer(prof, pipe, guidance=spec, base_seed=base_seed)
+        r.validate(captions)
+        renderers[name] = (r, None)
+    for name, folder in twins.items():
+        twin = type(pipe).from_pretrained(folder).transformer.eval()
+        tp = twin_pipeline(pipe, twin, twin_scale)
+        renderers[f"ag_{name}"] = (
+            PipelineRenderer(prof, tp, cfg_scale=1.0, base_seed=base_seed),
+            tp.transformer.blocks_per_call(),
+        )
+    for r, _ in renderers.values():
+        r.validate(captions)
+    return renderers
 
 
 def guess_rates(captions: list[str]) -> dict:

@@ -93,6 +93,29 @@ def _training_prompts(labels: torch.Tensor, templates: torch.Tensor, dropped: to
     ]
 
 
+def _flow_loss(transformer, encoder, images, labels, cfg: ToyTrainConfig, gen, ids, txt_ids) -> torch.Tensor:
+    """One batch's rectified-flow loss: training images with their prompts (dropped at cfg.prompt_dropout),
+    noise and times, all drawn from `gen` in a fixed order."""
+    pick = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
+    templates = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
+    dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout
+    x0 = pack(images[pick])
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.rand(cfg.batch_size, generator=gen)
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+    embeds, pooled = encoder(_training_prompts(labels[pick], templates, dropped))
+    pred = transformer(
+        hidden_states=xt,
+        timestep=t,
+        pooled_projections=pooled,
+        encoder_hidden_states=embeds,
+        txt_ids=txt_ids,
+        img_ids=ids,
+        return_dict=False,
+    )[0]
+    return torch.nn.functional.mse_loss(pred, noise - x0)  # rectified-flow velocity target
+
+
 def train_toy(out_dir: str | os.PathLike, cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = True) -> dict:
     """Train and save a ToyPipeline to `out_dir`; returns the training log (also saved as JSON)."""
     out_dir = Path(out_dir)
@@ -113,24 +136,7 @@ def train_toy(out_dir: str | os.PathLike, cfg: ToyTrainConfig = ToyTrainConfig()
     losses = []
     bar = tqdm(range(cfg.steps), desc="train toy", disable=not progress)
     for step in bar:
-        pick = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
-        templates = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
-        dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout
-        x0 = pack(images[pick])
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.rand(cfg.batch_size, generator=gen)
-        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        embeds, pooled = encoder(_training_prompts(labels[pick], templates, dropped))
-        pred = transformer(
-            hidden_states=xt,
-            timestep=t,
-            pooled_projections=pooled,
-            encoder_hidden_states=embeds,
-            txt_ids=txt_ids,
-            img_ids=ids,
-            return_dict=False,
-        )[0]
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)  # rectified-flow velocity target
+        loss = _flow_loss(transformer, encoder, images, labels, cfg, gen, ids, txt_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
