@@ -316,6 +316,31 @@ def test_training_config_is_validated():
         ClipsTrainConfig(lr="1e-3")
 
 
+def test_training_draws_do_not_depend_on_training_the_encoder():
+    """A run is reproducible; training the prompt encoder (the probe's lever) changes the encoder and
+    the losses after the first step, but not the first batch's draws (so not the first loss), and the
+    stage's default leaves the frozen encoder untouched."""
+    from ditguide.testbeds.train_t2v import ClipsTrainConfig, build_prompt_encoder, train_clips_model
+
+    cfg = ClipsTrainConfig(
+        steps=8, batch_size=2, num_attention_heads=1, attention_head_dim=12, ffn_dim=16, text_dim=8, patch_hw=2
+    )
+
+    def run(train_encoder):
+        enc = build_prompt_encoder(cfg)
+        before = {k: v.clone() for k, v in enc.state_dict().items()}
+        _, losses, _ = train_clips_model(cfg, enc, progress=False, log_every=0, train_encoder=train_encoder)
+        changed = any(not torch.equal(before[k], v) for k, v in enc.state_dict().items())
+        return losses, changed
+
+    frozen, frozen_changed = run(False)
+    again, _ = run(False)
+    learned, learned_changed = run(True)
+    assert frozen == again
+    assert not frozen_changed and learned_changed
+    assert learned[0] == frozen[0] and learned[1:] != frozen[1:]
+
+
 def test_evaluation_end_to_end_on_a_tiny_untrained_model(tmp_path, monkeypatch):
     """The evaluation path (profile -> load_pipeline -> renderer -> judges -> metrics, figures) on a
     tiny random model saved as the profile's folder; same seeds for every method, resumable."""

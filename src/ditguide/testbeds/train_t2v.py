@@ -133,6 +133,20 @@ def to_model(videos01: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(videos01 * 2.0 - 1.0).permute(0, 4, 1, 2, 3).contiguous()
 
 
+def draw_batch(cfg: ClipsTrainConfig, encoder, rng: np.random.Generator, gen: torch.Generator, device, train_encoder):
+    """One training batch: clean clips x0, caption embeddings (with caption dropout), noise and t.
+    Every draw is on the CPU, in a fixed order (clips, renders, dropout from rng; noise, t from gen)."""
+    batch = clips.sample_clips(cfg.batch_size, rng)
+    videos, _ = clips.render(batch, rng, frames=cfg.frames)
+    x0 = to_model(videos).to(device)
+    dropped = rng.random(cfg.batch_size) < cfg.prompt_dropout
+    with torch.set_grad_enabled(train_encoder):
+        embeds = encode_text(encoder, ["" if d else c.caption() for c, d in zip(batch, dropped)])
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen)).to(device)  # logit-normal(0, 1)
+    return x0, embeds, noise, t
+
+
 def train_clips_model(
     cfg: ClipsTrainConfig,
     encoder: ToyPromptEncoder,
@@ -141,29 +155,30 @@ def train_clips_model(
     progress: bool = True,
     log_every: int = 100,
     on_step=None,
+    device: str | torch.device = "cpu",
+    train_encoder: bool = False,
 ):
     """One training run; returns (model, losses, copy of the model after `snapshot_at` steps).
     on_step(step, transformer), if given, is called after every optimiser step (e.g. to look at the
-    model during a long run); it must not change the model."""
+    model during a long run); it must not change the model. device: where the model trains (the
+    data, noise and t are drawn on the CPU as always, so a run's draws do not depend on it).
+    train_encoder: also train the prompt encoder (in place), making it a learned one; the
+    stage's frozen encoder is the default."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    transformer = build_transformer(cfg).train()
+    transformer = build_transformer(cfg).to(device).train()
     params = list(transformer.parameters())
+    if train_encoder:
+        encoder.requires_grad_(True).train()
+        params += list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     losses, snapshot = [], None
     start = time.time()
     bar = tqdm(range(cfg.steps), desc="train clips", disable=not progress, mininterval=10)
     for step in bar:
-        batch = clips.sample_clips(cfg.batch_size, rng)
-        videos, _ = clips.render(batch, rng, frames=cfg.frames)
-        x0 = to_model(videos)
-        dropped = rng.random(cfg.batch_size) < cfg.prompt_dropout
-        with torch.no_grad():
-            embeds = encode_text(encoder, ["" if d else c.caption() for c, d in zip(batch, dropped)])
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))  # logit-normal(0, 1)
+        x0, embeds, noise, t = draw_batch(cfg, encoder, rng, gen, device, train_encoder)
         tb = t[:, None, None, None, None]
         xt = (1 - tb) * x0 + tb * noise
         pred = transformer(hidden_states=xt, timestep=t * 1000, encoder_hidden_states=embeds, return_dict=False)[0]
