@@ -1,6 +1,7 @@
 """Train the T2V testbed and its weak twin (DVC stage train_toy_t2v).
 
-- `model/`: diffusers' WanTransformer3DModel (8 blocks of width 64, 2 heads x 32, FFN 128, 1x2x2 patches) on the
+- `model/`: diffusers' WanTransformer3DModel (params.yaml `train_toy_t2v`: 8 blocks of width 96, 3 heads x 32,
+  FFN 192, 2x2x2 patches) on the
   moving-shapes clips (`ditguide.testbeds.clips`), as a `ToyVideoPipeline` (a WanPipeline);
 - `twin_early/`: the same run's checkpoint at `early_fraction` of the steps (Karras et al.'s "less
   trained" weak model, the autoguidance reference).
