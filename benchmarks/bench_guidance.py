@@ -5,11 +5,11 @@
     python benchmarks/bench_guidance.py --full-size --families wan   # one model per call (H100: ~5 min for Wan)
     python benchmarks/bench_guidance.py --full-size --dry-run   # build the full-size models on 'meta', count params
 
-CPU: each family's tiny pipeline runs the same prompts through `run_guided`; time per step is the
-process CPU time (one thread), best of `--repeats` interleaved runs, so that other processes on a
-shared machine disturb it little. Tiny models are dominated by Python overhead, so their time
-ratios show the wrapper's bookkeeping, not the compute saved; the "medium" Flux (width 256,
-12 blocks, 64 image tokens) is where compute dominates. Block evaluations are exact everywhere.
+CPU: each family's tiny pipeline (the tests' random-weight pipelines, tests/tiny_pipelines.py) runs
+the same prompts through `run_guided`; time per step is the process CPU time (one thread), best of
+`--repeats` interleaved runs, so that other processes on a shared machine disturb it little. Tiny
+models are dominated by Python overhead, so their time ratios show the wrapper's bookkeeping, not
+the compute saved; the "medium" Flux (width 256, 12 blocks, 64 image tokens) is where compute dominates. Block evaluations are exact everywhere.
 Peak memory (CPU): the most bytes of tensor storages allocated during one run and alive at the same
 time (`PeakTensorMemory`: every aten op's fresh outputs, weakly referenced, so a freed one stops
 counting; kernel-internal scratch is not seen), in a run of its own after the timed ones. Weights
@@ -188,12 +188,22 @@ def peak_bytes(fn) -> int:
 # CPU: tiny pipelines
 
 
+def tiny_pipelines():
+    """The tests' tiny random-weight pipelines (tests/tiny_pipelines.py), the models the exactness tests
+    run: one definition, outside the package (test plumbing, not part of ditguide)."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+    import tiny_pipelines
+
+    return tiny_pipelines
+
+
 def _medium_flux_pipeline():
     """The tiny Flux pipeline with a wider, deeper transformer (12 blocks, width 256), 64 image tokens."""
     from ditguide.families.tiny import tiny_transformer
-    from ditguide.pipelines import tiny_pipeline
 
-    pipe = tiny_pipeline("flux")
+    pipe = tiny_pipelines().tiny_pipeline("flux")
     pipe.transformer = tiny_transformer(
         "flux",
         num_layers=4,
@@ -231,10 +241,11 @@ def bookkeeping_us(pipe, family: str, repeats: int = 2000) -> float:
 
 
 def bench_cpu(args) -> dict:
-    from ditguide.pipelines import TINY_CALL, run_guided, tiny_pipeline, tiny_prompts
+    from ditguide.pipelines import run_guided
 
+    tiny = tiny_pipelines()
     torch.set_num_threads(args.threads)
-    cases = {f: (lambda f=f: tiny_pipeline(f), f, TINY_CALL[f]) for f in ("flux", "cogview4", "wan", "sd3")}
+    cases = {f: (lambda f=f: tiny.tiny_pipeline(f), f, tiny.TINY_CALL[f]) for f in ("flux", "cogview4", "wan", "sd3")}
     cases["flux-medium"] = (_medium_flux_pipeline, "flux", dict(height=16, width=16))
     report = {}
     for name, (build, family, sizes) in cases.items():
@@ -245,7 +256,7 @@ def bench_cpu(args) -> dict:
 
         def call(**extra):
             args_ = dict(
-                sizes, num_inference_steps=args.steps, output_type="latent", **tiny_prompts(family, args.batch)
+                sizes, num_inference_steps=args.steps, output_type="latent", **tiny.tiny_prompts(family, args.batch)
             )
             return dict(args_, generator=torch.Generator().manual_seed(0), **extra)
 

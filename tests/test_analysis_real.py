@@ -1,4 +1,5 @@
-"""The layer map on real profiles (ditguide.analysis_real), end to end on the tiny random profiles:
+"""The layer map on real profiles (ditguide.analysis_real), end to end on the tiny random profiles
+(tests/params_tiny.yaml):
 tiny-flux (T2I, a fake COCO dev split and its reference, prepared by the real `ditguide.coco` steps)
 and tiny-wan (T2V, a VBench-format prompt suite file). The judges are tiny random ones built in code
 (no download). The missing-weights path is checked through the notebook runner, as `dvc repro` runs it.
@@ -17,9 +18,10 @@ from ditguide import analysis, analysis_real, coco
 from ditguide.metrics.fid import MissingWeightsError, fid_from_features, image_features
 from ditguide.profiles import ConfigError, load_params, load_profile
 from ditguide.render import PipelineRenderer
+from tiny_profiles import tiny_params_file
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = str(REPO / "params.yaml")
+PARAMS = tiny_params_file()  # params.yaml and the tiny profiles
 EDITS, WINDOW_EDITS = ["skip", "scale1.5"], ["skip"]
 
 

@@ -3,7 +3,7 @@
 - the digit toy through `evaluate` gives the numbers of a direct computation (renderer -> judge, no
   files), and the committed table and trade-off figure are what its code draws from the committed metrics;
 - the glyph-scene testbed through `evaluate` equals `ditguide.testbeds.evaluate` (notebook 00's path);
-- a tiny random FLUX pipeline runs through the COCO benchmark on a fake offline COCO split;
+- a tiny random FLUX pipeline (tests/params_tiny.yaml) runs through the COCO benchmark on a fake offline COCO split;
 - bad benchmark, option and method names fail in one line naming what is allowed, before any sampling.
 """
 
@@ -19,14 +19,15 @@ import pytest
 from ditguide import evaluation
 from ditguide.benchmark import BENCHMARKS, Digits, Scenes, get_benchmark
 from ditguide.evaluation import default_methods, evaluate, method
-from ditguide.profiles import ConfigError, load_params, load_profile
+from ditguide.profiles import ConfigError, load_profile
+from tiny_profiles import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = load_params(REPO / "params.yaml")
+PARAMS = tiny_params()  # params.yaml and the tiny profiles
 
 
 def _params(**steps) -> dict:
-    """params.yaml with fewer sampling steps for some profiles (the model and its judges unchanged)."""
+    """PARAMS with fewer sampling steps for some profiles (the model and its judges unchanged)."""
     params = copy.deepcopy(PARAMS)
     for profile, n in steps.items():
         params["profiles"][profile]["steps"] = n

@@ -23,6 +23,7 @@ from ditguide.families.tiny import tiny_inputs, tiny_transformer
 from ditguide.guidance import StepInfo
 from ditguide.guidance.planner import CompiledBranch, cap_groups, sequential_order
 from helpers import FOUR_BRANCH_SPEC as SPEC
+from tiny_profiles import tiny_params_file
 
 BRANCHES = 4
 FAMILIES = ["flux", "cogview4", "wan", "sd3"]
@@ -127,6 +128,8 @@ def _argv(tmp_path, *extra, out="out"):
         str(tmp_path / "prompts.txt"),
         "--out",
         str(tmp_path / out),
+        "--params",
+        tiny_params_file(),
         "--no-progress",
         *extra,
     ]
@@ -148,10 +151,23 @@ def test_cli_refuses_the_cap_without_a_guidance_spec_before_loading_anything(tmp
     from ditguide import generate
 
     monkeypatch.setattr(render, "load_renderer", lambda *a, **k: pytest.fail("loaded a renderer"))
-    for spec in ([], ["--spec", "baseline"], ["--spec", "none"]):
+    for spec in ([], ["--spec", "cfg"], ["--spec", "none"]):
         assert generate.main(_argv(tmp_path, *spec, "--max-batch-branches", "2")) == 2
         err = capsys.readouterr().err
         assert "--max-batch-branches groups the branches of a guidance spec" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_the_old_name_baseline_naming_cfg_before_loading_anything(tmp_path, capsys, monkeypatch):
+    import ditguide.render as render
+    from ditguide import generate
+
+    monkeypatch.setattr(render, "load_renderer", lambda *a, **k: pytest.fail("loaded a renderer"))
+    for cap in ([], ["--max-batch-branches", "2"]):
+        assert generate.main(_argv(tmp_path, "--spec", "baseline", *cap)) == 2
+        err = capsys.readouterr().err
+        assert "error: method 'baseline' is now called 'cfg' (the pipeline's own sampling" in err, err
+        assert "use 'cfg'" in err, err
     assert not (tmp_path / "out").exists()
 
 

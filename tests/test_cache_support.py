@@ -39,7 +39,8 @@ from ditguide.edits import EditError, apply_edits, attach_edits
 from ditguide.families import get_family
 from ditguide.families.tiny import tiny_transformer
 from ditguide.guidance import StepInfo, preset
-from ditguide.pipelines import TINY_CALL, native_cfg_call, run_guided, tiny_pipeline, tiny_prompts
+from ditguide.pipelines import native_cfg_call, run_guided
+from tiny_pipelines import TINY_CALL, tiny_pipeline, tiny_prompts
 
 STEPS = 8
 FAMILIES = ["flux", "wan"]

@@ -27,10 +27,6 @@ MIRRORS_DIFFUSERS = (
 ALLOWED = {
     ("toy/pipeline.py", "ToyPipeline.__call__"): MIRRORS_DIFFUSERS,  # FluxPipeline; train_scenes
     ("toy/video_pipeline.py", "ToyVideoPipeline.__call__"): MIRRORS_DIFFUSERS,  # WanPipeline; train_toy_t2v
-    ("generate.py", None): PARALLEL,
-    ("generate.py", "generate"): PARALLEL,
-    ("generate.py", "_run_cli"): PARALLEL,
-    ("pipelines.py", "tiny_pipeline"): PARALLEL,
     ("testbeds/train_t2v.py", "train_clips_model"): PARALLEL,
 }
 

@@ -20,7 +20,7 @@ from ditguide.diffusers_guiders import LayerEditAutoGuidance, SpecGuidance, Stro
 from ditguide.edits import EditError
 from ditguide.families.tiny import tiny_transformer
 from ditguide.guidance import GuidanceSpecError, preset
-from ditguide.pipelines import tiny_prompts
+from tiny_pipelines import tiny_prompts
 
 STEPS = 4
 

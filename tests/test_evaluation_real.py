@@ -1,5 +1,6 @@
 """The real-model evaluation path (text prompts -> pipeline -> files -> FID/CLIP-SIM or VBench) on tiny
-random pipelines: profiles tiny-flux and tiny-wan (`model: tiny:<family>`), a fake COCO split prepared
+random pipelines: profiles tiny-flux and tiny-wan (tests/params_tiny.yaml: `model: tiny:<family>`, built by
+tests/tiny_pipelines.py through the profile's `builder`), a fake COCO split prepared
 by the real `python -m ditguide.coco` steps, a tiny feature extractor and a tiny open_clip model, and
 VBench's real API in its own environment (temporal_flickering needs no weights). Without the VBench
 environment the video tests fail, saying how to make it.
@@ -23,9 +24,11 @@ from ditguide.metrics import vbench_score as vb
 from ditguide.metrics.clip_sim import ClipSim
 from ditguide.metrics.fid import features_path, fid_from_features, image_features
 from ditguide.profiles import ConfigError, load_params, load_pipeline, load_profile
+from tiny_pipelines import TINY_CALL, tiny_text_pipeline
+from tiny_profiles import tiny_params_file
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = str(REPO / "params.yaml")
+PARAMS = tiny_params_file()  # params.yaml and the tiny profiles
 N_TEST = 6
 
 
@@ -114,7 +117,8 @@ def t2i(coco_dir, runs, **kw):
 
 
 def test_tiny_profiles_take_text_prompts():
-    """`model: tiny:<family>` loads a random pipeline whose own text encoders encode text prompts."""
+    """`model: tiny:<family>` (through the profile's builder) loads a random pipeline whose own text
+    encoders encode text prompts."""
     params = load_params(PARAMS)
     pipe = load_pipeline(load_profile("tiny-flux", params))
     assert type(pipe).__name__ == "FluxPipeline" and pipe.text_encoder is not None and pipe.text_encoder_2 is not None
@@ -122,7 +126,9 @@ def test_tiny_profiles_take_text_prompts():
     b = pipe.encode_prompt(["two cats"], prompt_2=None, device="cpu")
     assert a[0].shape == (1, 512, 32) and a[1].shape == (1, 32)  # T5 tokens x joint dim; CLIP pooled
     assert not torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])  # the text reaches the embeddings
+    builder = params["profiles"]["tiny-flux"]["builder"]
     params["profiles"]["bad-tiny"] = {"family": "wan", "kind": "video", "model": "tiny:flux", "num_frames": 5}
+    params["profiles"]["bad-tiny"]["builder"] = builder
     with pytest.raises(ConfigError, match=r"profiles.bad-tiny.model='tiny:flux' is not allowed"):
         load_pipeline(load_profile("bad-tiny", params))
 
@@ -130,9 +136,7 @@ def test_tiny_profiles_take_text_prompts():
 @pytest.mark.parametrize("family", ["flux", "wan", "cogview4"])
 def test_tiny_text_pipelines_render_from_text(family):
     """Every tiny text pipeline encodes text with its own encode_prompt and renders from it, deterministically."""
-    from ditguide.pipelines import TINY_CALL
     from ditguide.seeding import sample_generators
-    from ditguide.tiny_text import tiny_text_pipeline
 
     pipe = tiny_text_pipeline(family)
 

@@ -422,9 +422,11 @@ def test_wan_profile_frame_count_is_one_wan_renders():
     from ditguide.profiles import ConfigError, load_params, load_profile
 
     params = load_params(REPO / "params.yaml")
-    params["profiles"]["tiny-wan"]["num_frames"] = 8
-    with pytest.raises(ConfigError, match=r"profiles.tiny-wan.num_frames=8 is not allowed; allowed: 4k \+ 1 frames"):
-        load_profile("tiny-wan", params)
+    params["profiles"]["wan2.1-t2v-1.3b"]["num_frames"] = 8
+    with pytest.raises(
+        ConfigError, match=r"profiles.wan2.1-t2v-1.3b.num_frames=8 is not allowed; allowed: 4k \+ 1 frames"
+    ):
+        load_profile("wan2.1-t2v-1.3b", params)
 
 
 def test_damaged_manifest_names_the_file(tmp_path):
@@ -567,7 +569,7 @@ def test_generate_cli_names_flag(tmp_path, monkeypatch, capsys):
     (tmp_path / "names.txt").write_text("cat-dog-0\ncat-dog-1\n")
     args = [
         "--profile",
-        "tiny-wan",
+        "wan2.1-t2v-1.3b",  # a video profile; the renderer is a stand-in (nothing loads)
         "--prompts",
         str(tmp_path / "prompts.txt"),
         "--out",

@@ -12,7 +12,8 @@ import torch
 
 from ditguide.denoiser import GuidanceError
 from ditguide.guidance import preset
-from ditguide.pipelines import TINY_CALL, native_cfg_call, run_guided, tiny_pipeline, tiny_prompts
+from ditguide.pipelines import native_cfg_call, run_guided
+from tiny_pipelines import TINY_CALL, tiny_pipeline, tiny_prompts
 
 FAMILIES = ["flux", "cogview4", "wan", "sd3", "toy"]
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -25,7 +25,7 @@ import yaml
 
 from .cli import add_debug_flag, one_line, run_reporting_user_errors
 from .io import write_bytes_atomic
-from .profiles import ConfigError, load_params, load_profile
+from .profiles import ConfigError, load_params, load_profile, refuse_renamed_method
 
 EXECUTED_DIR = Path("notebooks/executed")
 # Where the stages' notebooks write their outputs; listed at the end of a run.
@@ -87,9 +87,9 @@ def check_profile_specs(profile: str | None, params: dict, specs: Any = None) ->
         raise ConfigError(
             f"specs={specs!r} is not allowed; allowed: null (every spec of the profile) or a list of names"
         )
-    names = (
-        list(prof.extra.get("guidance") or {}) if specs is None else [s for s in specs if s not in ("baseline", "none")]
-    )
+    for name in specs or ():
+        refuse_renamed_method(name, prof)
+    names = list(prof.extra.get("guidance") or {}) if specs is None else [s for s in specs if s not in ("cfg", "none")]
     if names:
         from .render import check_against_config, guidance_spec  # imports torch: only when there is a spec to check
 

@@ -3,14 +3,23 @@
 A profile names a family (toy, flux, cogview4, wan, sd3), where its weights come from (a local
 folder or a model-hub id), and its default sampling (steps, CFG scale, resolution). Everything is
 validated here, before any weights load, so a typo fails in a second with the allowed values.
+
+A profile may instead name a `builder`, `package.module:function` or `path/to/file.py:function` (a
+relative path from the working directory): `load_pipeline` then calls it with the Profile and uses
+the pipeline it returns, built in code rather than loaded (the tests' random-weight pipelines,
+tests/params_tiny.yaml).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import math
 import os
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +34,12 @@ DEFAULT_PARAMS = "params.yaml"
 # Method names the evaluations give the built-in samplings (the pipeline's default, no guidance, CFG
 # and its sweep `cfg@<scale>`): a guidance spec of the same name would silently replace their row.
 RESERVED_SPEC_NAMES = ("baseline", "none", "cfg")
+# Old method names, refused with their new name (as `ditguide.evaluation.method` refuses them).
+RENAMED_METHODS = {"baseline": "cfg"}
 # A spec name becomes a folder name under runs/ and a key in the metrics.
 SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# A profile's `builder`: "package.module:function" or "path/to/file.py:function".
+BUILDER = re.compile(r"[^:\s][^\s]*:[A-Za-z_][A-Za-z0-9_]*")
 # Profile keys besides the Profile fields: the profile's guidance specs {name: spec}.
 EXTRA_KEYS = ("guidance",)
 
@@ -52,6 +65,7 @@ class Profile:
     flow_shift: float | None = None
     prompt_extension: bool = False
     negative_prompt: str = ""
+    builder: str | None = None  # "module:function" / "file.py:function" building the pipeline in code
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,6 +88,17 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict:
     if not isinstance(params, dict) or not isinstance(params.get("profiles"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'profiles' section")
     return params
+
+
+def refuse_renamed_method(name: Any, profile: Profile | None = None) -> None:
+    """A ConfigError naming the new name if `name` is an old method name ("baseline" is now "cfg")."""
+    if isinstance(name, str) and name in RENAMED_METHODS:
+        new = RENAMED_METHODS[name]
+        scale = f", {profile.cfg_scale:g}" if profile is not None else ""
+        raise ConfigError(
+            f"method {name!r} is now called {new!r} (the pipeline's own sampling at the profile's "
+            f"default CFG scale{scale}), the same name on every model; use {new!r}"
+        )
 
 
 def _check(cond: bool, where: str, value: Any, allowed: str) -> None:
@@ -124,6 +149,12 @@ def load_profile(name: str | None = None, params: dict | str | os.PathLike = DEF
         # WanPipeline rounds other counts (its VAE compresses 4 frames into one): the videos would not
         # have the frame count the manifest records.
         _check(raw["num_frames"] % 4 == 1, f"{where}.num_frames", raw["num_frames"], "4k + 1 frames (5, 9, ..., 81)")
+    _check_text_fields(raw, where)
+    extra = {k: raw.pop(k) for k in list(raw) if k not in known}
+    return Profile(name=name, extra=extra, **raw)
+
+
+def _check_text_fields(raw: dict, where: str) -> None:
     _check(
         isinstance(raw.get("prompt_extension", False), bool),
         f"{where}.prompt_extension",
@@ -142,8 +173,13 @@ def load_profile(name: str | None = None, params: dict | str | os.PathLike = DEF
         raw["model"],
         "a folder or a model-hub id",
     )
-    extra = {k: raw.pop(k) for k in list(raw) if k not in known}
-    return Profile(name=name, extra=extra, **raw)
+    builder = raw.get("builder")
+    _check(
+        builder is None or (isinstance(builder, str) and BUILDER.fullmatch(builder) is not None),
+        f"{where}.builder",
+        builder,
+        "'package.module:function' or 'path/to/file.py:function'",
+    )
 
 
 def _check_guidance_names(specs: Any, where: str) -> None:
@@ -202,11 +238,52 @@ def download_hint(profile: Profile) -> str:
     )
 
 
+def _module_from_file(path: Path):
+    """The module of a .py file, imported once (a module already imported from that file is reused)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    for name in (path.stem, f"ditguide_builder_{path.stem}"):
+        loaded = sys.modules.get(name)
+        if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+            return loaded
+    name = f"ditguide_builder_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def pipeline_builder(profile: Profile) -> Callable:
+    """The function the profile's `builder` names (see the module docstring), imported now."""
+    where = f"profiles.{profile.name}.builder"
+    target, _, function = (profile.builder or "").rpartition(":")
+    try:
+        module = _module_from_file(Path(target)) if target.endswith(".py") else importlib.import_module(target)
+    except (ImportError, FileNotFoundError) as err:
+        raise ConfigError(
+            f"{where}={profile.builder!r}: cannot import {target!r} ({type(err).__name__}: {err})"
+        ) from None
+    built = getattr(module, function, None)
+    if not callable(built):
+        raise ConfigError(f"{where}={profile.builder!r} is not allowed; allowed: a function of {target}")
+    return built
+
+
 def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike = "."):
-    """Load the profile's diffusers pipeline. Real profiles need the weights in the hub cache."""
+    """Load the profile's diffusers pipeline. Real profiles need the weights in the hub cache; a
+    profile with a `builder` gets the pipeline it returns (built in float32, cast to the profile's dtype)."""
     import torch
 
     dtype = getattr(torch, profile.dtype)
+    if profile.builder is not None:
+        pipe = pipeline_builder(profile)(profile).to(device)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     if profile.family == "toy":
         from .toy.pipeline import ToyPipeline
 
@@ -217,23 +294,6 @@ def load_pipeline(profile: Profile, device: str = "cpu", root: str | os.PathLike
         pipe = ToyPipeline.from_pretrained(model_dir, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
-
-    if profile.model.startswith("tiny:"):
-        # Test profiles (`model: tiny:<family>`, "random weights, for tests" in params.yaml): a tiny
-        # random pipeline built in code, with text encoders, so that the real-model evaluation path
-        # (text prompts -> pipeline -> files -> metrics) runs offline on a CPU.
-        from .tiny_text import FAMILIES as TINY_TEXT_FAMILIES
-        from .tiny_text import tiny_text_pipeline
-
-        tiny = profile.model.removeprefix("tiny:")
-        _check(
-            tiny == profile.family and tiny in TINY_TEXT_FAMILIES,
-            f"profiles.{profile.name}.model",
-            profile.model,
-            f"tiny:<family> with the profile's family; tiny text pipelines exist for {', '.join(TINY_TEXT_FAMILIES)}",
-        )
-        pipe = tiny_text_pipeline(tiny).to(device)  # built in float32
-        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
     import diffusers
 

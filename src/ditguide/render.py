@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile
+from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile, refuse_renamed_method
 from .seeding import sample_generators
 
 
@@ -183,10 +183,11 @@ def guidance_spec(profile: Profile, name: str):
     from .guidance import GuidanceSpec, preset
 
     specs = profile.extra.get("guidance") or {}
+    refuse_renamed_method(name, profile)
     if name not in specs:
         raise ConfigError(
             f"spec={name!r} is not a guidance spec of profile {profile.name!r}; allowed: "
-            f"{', '.join(['baseline', 'none', *sorted(specs)])}"
+            f"{', '.join(['cfg', 'none', *sorted(specs)])}"
         )
     entry = specs[name]
     where = f"profiles.{profile.name}.guidance.{name}"
@@ -274,9 +275,9 @@ def check_against_config(profile: Profile, specs: dict | None = None, prompts: S
     `specs` ({name: GuidanceSpec}: block addresses, block lists, sub-modules of each edit) or render
     `prompts` (the toy's vocabulary and length). Checked on `model_skeleton`: only config files are read.
 
-    `tiny:` test profiles are built in code with no weights to load; `PipelineRenderer.validate`
+    Profiles built in code (`builder`) have no config files to read; `PipelineRenderer.validate`
     checks them on the built model, still before any file is written."""
-    if profile.model.startswith("tiny:") or (not specs and not (prompts and profile.is_local)):
+    if profile.builder is not None or (not specs and not (prompts and profile.is_local)):
         return  # nothing to check: only the toy's prompt encoder limits prompts
     from .denoiser import GuidedDenoiser
 
@@ -303,16 +304,18 @@ def load_renderer(
 ) -> PipelineRenderer:
     """The renderer `python -m ditguide.generate` uses.
 
-    spec: None or "baseline" = the profile's default sampling (its own CFG at cfg_scale); "none" =
-    no guidance; any other name = a guidance spec of the profile. The spec (block addresses) and
-    `prompts` are checked against the model's config before its weights load (`check_against_config`).
+    spec: None or "cfg" = the profile's default sampling (its own CFG at cfg_scale); "none" = no
+    guidance; any other name = a guidance spec of the profile ("baseline", cfg's old name, is refused
+    naming it). The spec (block addresses) and `prompts` are checked against the model's config
+    before its weights load (`check_against_config`).
     """
     params = load_params(params_path) if not isinstance(params_path, dict) else params_path
     prof = load_profile(profile, params)
+    refuse_renamed_method(spec, prof)
     guidance, cfg_scale = None, None
     if spec == "none":
         cfg_scale = 1.0
-    elif spec not in (None, "baseline"):
+    elif spec not in (None, "cfg"):
         guidance = guidance_spec(prof, spec)
     if pipe is None:
         check_against_config(prof, {spec: guidance} if guidance is not None else {}, prompts)
