@@ -27,7 +27,6 @@ PACKAGE = SRC / "ditguide"
 # Private names imported across modules by files that other changes own at the moment; each entry is
 # (importing module, imported module, name). Remove an entry when its file switches to a public name.
 KNOWN_PRIVATE_IMPORTS = {
-    ("ditguide.analysis", "ditguide.render", "_weights_fingerprint"),  # render.weights_fingerprint is public
     ("ditguide.testbeds.plots_t2v", "ditguide.testbeds.plots", "_cfg_curve"),
 }
 
