@@ -377,6 +377,8 @@ def test_evaluation_end_to_end_on_a_tiny_untrained_model(tmp_path, monkeypatch):
     again = evaluate_clips("clips", **kw)  # reuses every chunk
     np.testing.assert_array_equal(again.videos["stg"], result.videos["stg"])
     assert "method" in plots_t2v.table(m) and "| none |" in plots_t2v.markdown_table(m)
+    tex = plots_t2v.table(m)
+    assert " ± " in tex and "textbackslash" not in tex and r"\$" not in tex  # cells are text, not escaped math
     with pytest.raises(ValueError, match="spec='nope' is not a guidance spec"):
         evaluate_clips("clips", **{**kw, "specs": ["nope"]})
 

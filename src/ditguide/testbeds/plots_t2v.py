@@ -130,7 +130,9 @@ def _rows(metrics: dict):
 
 
 def table(metrics: dict) -> str:
-    rows = [(name, cost, *(f"{m[k]:.3f}$\\pm${m[k + '_se']:.3f}" for k in COLUMNS)) for name, cost, m in _rows(metrics)]
+    # Cells are escaped text (style.latex_table), so the sign is the character, as in the scenes table;
+    # LaTeX math in a cell would be escaped and printed as text.
+    rows = [(name, cost, *(f"{m[k]:.3f} ± {m[k + '_se']:.3f}" for k in COLUMNS)) for name, cost, m in _rows(metrics)]
     return latex_table(
         rows,
         ["method", "NFE/step", *(SHORT[k] for k in COLUMNS)],
