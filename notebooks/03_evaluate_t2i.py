@@ -15,7 +15,8 @@
 # # Text-to-image evaluation
 # Samples every method on the same per-index seeds and scores it with the profile's benchmark
 # (`ditguide.benchmark`): the digit toy (toy FD, toy CLIP, accuracy), the glyph-scene testbed (FD,
-# per-attribute alignment, precision/recall) or MS-COCO 2017 (FID, CLIP-SIM; data/README.md).
+# per-attribute alignment, precision/recall; test captions, stage evaluate_t2i_testbed) or MS-COCO
+# 2017 (FID, CLIP-SIM; data/README.md).
 # Methods: no guidance, the profile's default CFG, a CFG sweep, the profile's guidance specs, and the
 # preset the guidance design (notebook 02) selected for this profile where it exists.
 
@@ -31,6 +32,7 @@ base_seed = 0
 output_root = "."
 params_file = "params.yaml"
 runs_dir = "runs"
+output_name = None  # file-name stem of the figures, table and metrics (None: t2i_<profile>)
 
 # %%
 from pathlib import Path
@@ -42,6 +44,7 @@ from ditguide.evaluation import default_methods, evaluate
 
 style.use()
 root = Path(output_root)
+name = output_name or f"t2i_{profile}"
 methods = default_methods(profile, params_file, cfg_scales=cfg_scales, specs=specs, selected=selected)
 print("methods:", ", ".join(methods))
 
@@ -65,7 +68,7 @@ result = evaluate(
 
 # %%
 fig = result.sample_grid()
-style.save_figure(fig, root / f"figures/t2i_{profile}_samples.pdf")
+style.save_figure(fig, root / f"figures/{name}_samples.pdf")
 plt.show()
 
 # %% [markdown]
@@ -73,14 +76,14 @@ plt.show()
 
 # %%
 fig = result.tradeoff_figure()
-style.save_figure(fig, root / f"figures/t2i_{profile}_tradeoff.pdf")
+style.save_figure(fig, root / f"figures/{name}_tradeoff.pdf")
 plt.show()
 
 # %% [markdown]
 # ## Metrics file and LaTeX table
 
 # %%
-style.write_text(root / f"metrics/t2i_{profile}.json", result.to_json())
+style.write_text(root / f"metrics/{name}.json", result.to_json())
 for suffix, tex in result.tables().items():
-    style.write_text(root / f"paper/tables/t2i_{profile}{suffix}.tex", tex)
+    style.write_text(root / f"paper/tables/{name}{suffix}.tex", tex)
 print(result.table())

@@ -198,19 +198,24 @@ def test_tiny_flux_through_the_coco_benchmark(coco_dir, tmp_path):
 
 
 def test_default_benchmark_of_each_profile():
-    picks = {
-        p: type(get_benchmark(None, load_profile(p, PARAMS))).name for p in ("toy", "scenes", "tiny-flux", "tiny-wan")
-    }
-    assert picks == {"toy": "digits", "scenes": "scenes", "tiny-flux": "coco", "tiny-wan": "vbench"}
-    assert list(BENCHMARKS) == ["digits", "scenes", "coco", "vbench"]
-    with pytest.raises(ConfigError, match=r"profile 'clips' has no benchmark: digits: .*; vbench: .*"):
-        get_benchmark(None, load_profile("clips", PARAMS))
+    profiles = ("toy", "scenes", "clips", "tiny-flux", "tiny-wan")
+    picks = {p: type(get_benchmark(None, load_profile(p, PARAMS))).name for p in profiles}
+    assert picks == {"toy": "digits", "scenes": "scenes", "clips": "clips", "tiny-flux": "coco", "tiny-wan": "vbench"}
+    assert list(BENCHMARKS) == ["digits", "scenes", "clips", "coco", "vbench"]
+    prof = load_profile("clips", PARAMS)
+    with pytest.raises(ConfigError, match=r"benchmark 'vbench' cannot evaluate profile 'clips': .*own benchmark"):
+        get_benchmark("vbench", prof)
 
 
 @pytest.mark.parametrize(
     "benchmark,options,methods,message",
     [
-        ("cocoo", None, None, r"benchmark='cocoo' is not allowed; allowed: digits, scenes, coco, vbench or None"),
+        (
+            "cocoo",
+            None,
+            None,
+            r"benchmark='cocoo' is not allowed; allowed: digits, scenes, clips, coco, vbench or None",
+        ),
         ("coco", None, None, r"benchmark 'coco' cannot evaluate profile 'toy': .*toy-family profiles have their own"),
         ("vbench", None, None, r"benchmark 'vbench' cannot evaluate profile 'toy': VBench needs a video profile"),
         (

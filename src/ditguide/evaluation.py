@@ -280,7 +280,7 @@ def evaluate(
     """Render every method on the benchmark's captions (same per-index seeds for every method) and score it.
 
     benchmark: a name of `ditguide.benchmark.BENCHMARKS` (with `options`, its keywords), a Benchmark
-    instance, or None for the profile's own (digits, scenes, coco, vbench: the first that fits).
+    instance, or None for the profile's own (digits, scenes, clips, coco, vbench: the first that fits).
     methods: names (module docstring); None: `default_methods(profile)`. device: None is the CPU for
     toy-family profiles, else CUDA when available. state: an accelerate PartialState (default: a new
     one). Returns None on processes other than the main one.
@@ -319,7 +319,7 @@ def _render(prof, pipe, plan, prompts, bench, runs_dir, batch_size, base_seed, s
     """{method: (renderer, run folder)} after every process rendered its shard of every method."""
     from .generate import generate
 
-    renderers = {m.name: m.renderer(prof, pipe, base_seed) for m in plan}
+    renderers = {m.name: bench.wrap_renderer(m.renderer(prof, pipe, base_seed)) for m in plan}
     for renderer in renderers.values():
         renderer.validate(list(dict.fromkeys(prompts)))  # every spec on the loaded model before the first render
     out = {}

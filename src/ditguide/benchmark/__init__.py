@@ -2,12 +2,12 @@
 
     digits   the digit toy: toy FD / toy CLIP / accuracy by the toy's digit judge (8x8 toy profiles)
     scenes   the glyph-scene testbed: FD, per-attribute alignment, precision/recall by the scene judge
+    clips    the moving-shapes T2V testbed: VBench-shaped Total, Quality, Semantic and each dimension by
+             exact judges (`metrics.clips`); clips stored losslessly as PNG frame strips
     coco     MS-COCO 2017: FID (clean-fid) and CLIP-SIM (open_clip) against a prepared reference
     vbench   VBench: per-dimension scores; Quality, Semantic and Total with all 16 dimensions
 
 `ditguide.evaluation.evaluate(profile, benchmark, methods)` runs any of them on any profile it fits.
-The T2V testbed (`clips`) is not one of them yet: `generate` keeps videos as mp4 (yuv420p), which
-halves the colour resolution of its 16 px frames, so notebook 00_testbed_t2v keeps its own lossless path.
 """
 
 from __future__ import annotations
@@ -16,15 +16,22 @@ from collections.abc import Mapping
 
 from ..profiles import ConfigError, Profile
 from .base import Benchmark, Caption
+from .clips import Clips
 from .coco2017 import Coco
 from .digits import Digits
 from .scenes import Scenes
 from .vbench import VBench
 
 # In the order a profile's default benchmark is looked for (the first that fits it).
-BENCHMARKS: dict[str, type[Benchmark]] = {"digits": Digits, "scenes": Scenes, "coco": Coco, "vbench": VBench}
+BENCHMARKS: dict[str, type[Benchmark]] = {
+    "digits": Digits,
+    "scenes": Scenes,
+    "clips": Clips,
+    "coco": Coco,
+    "vbench": VBench,
+}
 
-__all__ = ["BENCHMARKS", "Benchmark", "Caption", "Coco", "Digits", "Scenes", "VBench", "get_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "Caption", "Clips", "Coco", "Digits", "Scenes", "VBench", "get_benchmark"]
 
 
 def get_benchmark(benchmark: str | Benchmark | None, profile: Profile, options: Mapping | None = None) -> Benchmark:

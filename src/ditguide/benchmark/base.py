@@ -12,6 +12,7 @@ before the first sample is rendered):
     unfit(profile)            why it cannot evaluate a profile, or None (a classmethod)
     prepare(profile, ...)     reads its reference data and loads its scorers
     captions()                the prompt list in sample order, with stable ids
+    wrap_renderer(renderer)   what `generate` renders with (default: the renderer as it is)
     score(samples)            one method's numbers (a dict)
     header(profile, ...)      the metrics' entries besides "profile" and "methods"
     table / tables / tradeoff_figure / sample_grid   drawn from the metrics (the grid reads samples)
@@ -60,6 +61,11 @@ class Benchmark:
     def captions(self) -> list[Caption]:
         """The prompts in sample order (after `prepare`: some benchmarks read them from disk)."""
         raise NotImplementedError
+
+    def wrap_renderer(self, renderer):
+        """What `generate` renders with for this benchmark: `renderer` itself, or a wrapper that stores
+        its outputs another way (the clips benchmark: lossless PNG frame strips instead of mp4)."""
+        return renderer
 
     def count(self) -> int:
         """How many samples of the plan are rendered and scored (a stated subset may be fewer)."""

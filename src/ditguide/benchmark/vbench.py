@@ -154,8 +154,8 @@ class VBench(Benchmark):
             return f"VBench needs a video profile; {profile.name!r} makes {profile.kind}s (see coco)"
         if profile.family == "toy":
             return (
-                "it evaluates real text-to-video models; the T2V testbed is scored by its own exact judges "
-                "(ditguide.metrics.clips, notebook 00_testbed_t2v)"
+                "it evaluates real text-to-video models; the T2V testbed has its own benchmark with exact "
+                "judges (clips)"
             )
         return None
 
