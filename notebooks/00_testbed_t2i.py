@@ -28,6 +28,7 @@ cfg_scales = [1.25, 1.5, 2.0, 3.0, 5.0]
 twins = {"twin_early": "data/scenes/twin_early", "twin_shallow": "data/scenes/twin_shallow"}
 twin_scale = 2.0
 batch_size = 250
+workers = 1  # forked single-threaded rendering processes (CPU; the files are the same)
 base_seed = 0
 params_file = "params.yaml"
 judge_path = "data/scenes/judge.safetensors"
@@ -61,6 +62,7 @@ result = evaluate_scenes(
     params=params_file,
     judge_path=judge_path,
     runs_dir=runs_dir,
+    workers=workers,
 )
 result.metrics["regime"] = regime_checks(result.metrics)
 style.write_text(root / f"metrics/testbed_{profile}.json", json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")

@@ -41,6 +41,7 @@ select = {
 weak_candidates = 3
 strong_candidates = 2
 grid = {}
+workers = 1  # forked single-threaded rendering processes (an int, or {testbed: int}; the files are the same)
 
 # %%
 import json
@@ -69,6 +70,7 @@ p = design_params(
         "weak_candidates": weak_candidates,
         "strong_candidates": strong_candidates,
         "grid": grid,
+        "workers": workers,
     },
     profile,
 )

@@ -28,6 +28,7 @@ cfg_scales = []  # a CFG sweep beside "none" and "cfg" (the profile's default sc
 specs = None  # guidance specs of the profile to evaluate (None: every spec in params.yaml)
 selected = True  # also the selected preset, where data/guidance/<profile>/selected.json exists
 batch_size = 250
+workers = 1  # forked single-threaded rendering processes per process (CPU only; the files are the same)
 base_seed = 0
 output_root = "."
 params_file = "params.yaml"
@@ -61,6 +62,7 @@ result = evaluate(
     batch_size=batch_size,
     base_seed=base_seed,
     runs_dir=runs_dir,
+    workers=workers,
 )
 
 # %% [markdown]

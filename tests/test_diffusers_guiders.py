@@ -218,11 +218,17 @@ def test_unknown_block_is_refused_before_any_forward_with_the_valid_ones():
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: LayerEditAutoGuidance(guidance_scale=0.5, weak="skip:blocks:0"), r"guidance_scale = 0\.5: must be"),
+        (
+            lambda: LayerEditAutoGuidance(guidance_scale=0.5, weak="skip:blocks:0"),
+            r"guidance_scale must be .*, got 0\.5",
+        ),
         (lambda: LayerEditAutoGuidance(weak="skip:blocks:0", weak_prompt="uncond"), r"weak_prompt = 'uncond'"),
-        (lambda: StrongWeakGuidance(strong_weak_scale=-1), r"strong_weak_scale = -1\.0: must be"),
+        (lambda: StrongWeakGuidance(strong_weak_scale=-1), r"strong_weak_scale must be .*, got -1\.0"),
         (lambda: StrongWeakGuidance(strong="skip:blocks:1", weak="skip:blocks:0"), r"does not strengthen"),
-        (lambda: StrongWeakGuidance(strong_weak_start=0.8, strong_weak_stop=0.2), r"strong_weak_stop = 0\.2"),
+        (
+            lambda: StrongWeakGuidance(strong_weak_start=0.8, strong_weak_stop=0.2),
+            r"strong_weak_stop must be in \[strong_weak_start, 1\].*, got 0\.2",
+        ),
         (lambda: SpecGuidance("guidance_interval"), r"interval\.unit = 'sigma'"),
         (lambda: SpecGuidance("apg"), r"params\.space = 'x0'"),
         (lambda: SpecGuidance("no_such"), r"preset name = 'no_such'"),

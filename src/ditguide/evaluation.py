@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .benchmark import Benchmark, get_benchmark
+from .generate_pool import check_workers
 from .profiles import ConfigError, Profile, load_params, load_pipeline, load_profile
 from .render import PipelineRenderer, check_against_config, guidance_spec
 
@@ -276,6 +277,7 @@ def evaluate(
     runs_dir: str | os.PathLike = "runs",
     device: str | None = None,
     state=None,
+    workers: int = 1,
 ) -> EvalResult | None:
     """Render every method on the benchmark's captions (same per-index seeds for every method) and score it.
 
@@ -283,7 +285,8 @@ def evaluate(
     instance, or None for the profile's own (digits, scenes, clips, coco, vbench: the first that fits).
     methods: names (module docstring); None: `default_methods(profile)`. device: None is the CPU for
     toy-family profiles, else CUDA when available. state: an accelerate PartialState (default: a new
-    one). Returns None on processes other than the main one.
+    one). workers: forked single-threaded processes per process (CPU only; `ditguide.generate_pool`).
+    Returns None on processes other than the main one.
     """
     from .generate import default_state
     from .metrics import Samples
@@ -292,6 +295,7 @@ def evaluate(
     prof = load_profile(profile, params)
     bench = get_benchmark(benchmark, prof, options)
     _check_run_settings(batch_size, base_seed)
+    check_workers(workers)
     plan = resolve_methods(prof, default_methods(prof) if methods is None else methods)
     _check_blocks(prof, plan)
     device = _device(prof, device)
@@ -300,7 +304,7 @@ def evaluate(
     prompts = [c.text for c in bench.captions()]
     check_against_config(prof, None, list(dict.fromkeys(prompts)))  # the toy's vocabulary and prompt length
     pipe = load_pipeline(prof, device=device)
-    rendered = _render(prof, pipe, plan, prompts, bench, runs_dir, batch_size, base_seed, state)
+    rendered = _render(prof, pipe, plan, prompts, bench, runs_dir, batch_size, base_seed, state, workers)
     if not state.is_main_process:
         return None
     result = EvalResult(metrics={}, benchmark=bench)
@@ -315,7 +319,7 @@ def evaluate(
     return result
 
 
-def _render(prof, pipe, plan, prompts, bench, runs_dir, batch_size, base_seed, state) -> dict:
+def _render(prof, pipe, plan, prompts, bench, runs_dir, batch_size, base_seed, state, workers=1) -> dict:
     """{method: (renderer, run folder)} after every process rendered its shard of every method."""
     from .generate import generate
 
@@ -334,6 +338,7 @@ def _render(prof, pipe, plan, prompts, bench, runs_dir, batch_size, base_seed, s
             samples_per_prompt=bench.samples_per_prompt,
             limit=bench.count(),
             state=state,
+            workers=workers,
         )
         out[name] = (renderer, folder)
     state.wait_for_everyone()

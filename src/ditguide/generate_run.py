@@ -21,6 +21,7 @@ from .generate_folder import (
     save_sample,
 )
 from .generate_plan import Renderer, Sample, plan_samples
+from .generate_pool import check_workers, run_workers, worker_batches
 from .metrics.folder import KINDS, MANIFEST_NAME, SAMPLES_DIRNAME, expected_size
 from .metrics.vbench_score import VIDEOS_PER_PROMPT as VBENCH_VIDEOS_PER_PROMPT
 
@@ -72,6 +73,7 @@ def generate(
     state=None,
     progress: bool = True,
     repair: bool = False,
+    workers: int = 1,
 ) -> GenerationSummary:
     """Render `prompts` into `out_dir/samples/`, this process's shard only, skipping finished files.
 
@@ -81,9 +83,10 @@ def generate(
     `state` is an accelerate `PartialState` (default: a new one; anything with `num_processes`,
     `process_index`, `is_main_process` and `wait_for_everyone()` works). `repair=True` first decodes
     this shard's existing files and deletes the damaged ones (undecodable, or an image of the wrong
-    size), so that they are rendered again; the summary counts them.
+    size), so that they are rendered again; the summary counts them. `workers > 1`: this shard on that
+    many forked single-threaded processes (`ditguide.generate_pool`; CPU only), with the same files.
     """
-    kind, fps, base_seed = _checked_settings(renderer, batch_size, limit, video_crf, base_seed)
+    kind, fps, base_seed = _checked_settings(renderer, batch_size, limit, video_crf, base_seed, workers)
     plan, samples_per_prompt = _validated_plan(renderer, prompts, kind, samples_per_prompt, base_seed, names)
     todo = plan if limit is None else plan[:limit]
     out_dir = Path(out_dir)
@@ -107,7 +110,7 @@ def generate(
         position=rank,
         disable=not progress,
     )
-    _render_pending(renderer, pending, out_dir, kind, batch_size, expected, fps, video_crf, bar)
+    _render_pending(renderer, pending, out_dir, kind, batch_size, expected, fps, video_crf, bar, workers)
     return GenerationSummary(
         out_dir=out_dir,
         planned=len(todo),
@@ -119,9 +122,10 @@ def generate(
 
 
 def _checked_settings(
-    renderer: Renderer, batch_size: int, limit: int | None, video_crf: int, base_seed: int | None
+    renderer: Renderer, batch_size: int, limit: int | None, video_crf: int, base_seed: int | None, workers: int = 1
 ) -> tuple[str, int, int]:
     """The renderer's kind and fps (0 for images) and the run's base seed, every argument checked."""
+    check_workers(workers)
     kind = getattr(renderer, "kind", None)
     if kind not in KINDS:
         raise ValueError(f"renderer.kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}")
@@ -193,22 +197,46 @@ def _render_pending(
     fps: int,
     video_crf: int,
     bar: dict,
+    workers: int = 1,
 ) -> None:
     """Render `pending` in batches of `batch_size`, each output checked and written atomically, with a
-    progress bar (tqdm's keywords `bar`)."""
+    progress bar (tqdm's keywords `bar`); on `workers` forked processes if more than one."""
     from tqdm.auto import tqdm
 
-    samples_dir, partial_dir = out_dir / SAMPLES_DIRNAME, out_dir / PARTIAL_DIRNAME
+    if workers > 1:
+        batch_size = worker_batches(len(pending), batch_size, workers)
+
+    def render(samples: list[Sample], saved) -> None:
+        _render_batches(renderer, samples, out_dir, kind, batch_size, expected, fps, video_crf, saved)
+
     progress = tqdm(unit=kind, **bar)
     try:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            outputs = renderer.render([s.prompt for s in batch], [s.index for s in batch])
-            if len(outputs) != len(batch):
-                raise ValueError(f"renderer returned {len(outputs)} outputs for {len(batch)} prompts")
-            for sample, output in zip(batch, outputs):
-                output = check_output(output, kind, sample.index, expected)
-                save_sample(sample, output, kind, samples_dir, partial_dir, fps, video_crf)
-                progress.update(1)
+        if workers > 1 and len(pending) > 1:
+            run_workers(render, pending, workers, batch_size, progress)
+        else:
+            render(pending, lambda: progress.update(1))
     finally:
         progress.close()
+
+
+def _render_batches(
+    renderer: Renderer,
+    pending: list[Sample],
+    out_dir: Path,
+    kind: str,
+    batch_size: int,
+    expected: dict | None,
+    fps: int,
+    video_crf: int,
+    saved,
+) -> None:
+    samples_dir, partial_dir = out_dir / SAMPLES_DIRNAME, out_dir / PARTIAL_DIRNAME
+    for start in range(0, len(pending), batch_size):
+        batch = pending[start : start + batch_size]
+        outputs = renderer.render([s.prompt for s in batch], [s.index for s in batch])
+        if len(outputs) != len(batch):
+            raise ValueError(f"renderer returned {len(outputs)} outputs for {len(batch)} prompts")
+        for sample, output in zip(batch, outputs):
+            output = check_output(output, kind, sample.index, expected)
+            save_sample(sample, output, kind, samples_dir, partial_dir, fps, video_crf)
+            saved()

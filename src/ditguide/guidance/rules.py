@@ -10,6 +10,7 @@ line in `RULES`; the spec validates a rule's params with the rule's own `check`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,19 +18,15 @@ from typing import Any
 
 import torch
 
+from ..checks import check_number as _check_number
+
 
 class GuidanceSpecError(ValueError):
     """A bad guidance spec; the message names the parameter and the allowed values."""
 
 
-def check_number(value: Any, where: str, *, lo: float | None = None, hi: float | None = None, allowed: str) -> float:
-    """A finite number in [lo, hi], as float; GuidanceSpecError naming `where` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise GuidanceSpecError(f"{where} = {value!r}: must be a number, {allowed}")
-    value = float(value)
-    if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise GuidanceSpecError(f"{where} = {value!r}: must be {allowed}")
-    return value
+# The one number check (ditguide.checks), raising this package's error.
+check_number = functools.partial(_check_number, error=GuidanceSpecError)
 
 
 def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -69,6 +69,23 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
+def _scorer(profile: str, split: dict, params: dict, judge_path, runs_dir, twins, workers: int) -> Scorer:
+    """The scorer of one split section ({split, per_set, base_seed, seed_sets}) of the design params."""
+    s = split
+    return Scorer(
+        profile,
+        s["split"],
+        s["per_set"],
+        s["base_seed"],
+        params,
+        judge_path,
+        runs_dir,
+        twins,
+        max_sets=s["seed_sets"],
+        workers=workers,
+    )
+
+
 def run_dev(
     profile: str,
     p: dict,
@@ -85,9 +102,7 @@ def run_dev(
     cands = candidates(layer_scores, p["weak_candidates"], p["strong_candidates"])
     fams = families(cands, p["grid"], prof.cfg_scale, twins)
     d = p["dev"]
-    scorer = Scorer(
-        profile, d["split"], d["per_set"], d["base_seed"], params, judge_path, runs_dir, twins, max_sets=d["seed_sets"]
-    )
+    scorer = _scorer(profile, d, params, judge_path, runs_dir, twins, p.get("workers", 1))
     reference = Method(f"cfg@{prof.cfg_scale:g}", "cfg", f"CFG {prof.cfg_scale:g}", cfg_scale=prof.cfg_scale)
     budget = {**p["budget"], "seed_sets": d["seed_sets"]}
     rule = rule_of(p["select"], scorer.scoring)
@@ -123,9 +138,7 @@ def run_test(
     selected preset's paired relative change against CFG at the default and at its best dev scale."""
     prof = load_profile(profile, params)
     t = p["test"]
-    scorer = Scorer(
-        profile, t["split"], t["per_set"], t["base_seed"], params, judge_path, runs_dir, twins, max_sets=t["seed_sets"]
-    )
+    scorer = _scorer(profile, t, params, judge_path, runs_dir, twins, p.get("workers", 1))
     methods = test_methods(dev, fams, selected, prof.cfg_scale, prof.steps)
     results = {}
     for m in methods:

@@ -11,9 +11,12 @@ KEYS = ScenesScoring.keys  # the glyph-scene testbed's metrics (each testbed's s
 
 def design_params(section: dict, profile: str) -> dict:
     """The guidance_design section resolved for one testbed, every parameter checked before anything
-    renders. `dev.per_set`, `test.per_set`, `select` and each `grid` list may be given per testbed
-    ({profile: value}); the result holds this testbed's values only."""
+    renders. `dev.per_set`, `test.per_set`, `select`, `workers` and each `grid` list may be given per
+    testbed ({profile: value}); the result holds this testbed's values only (`workers` defaults to 1)."""
     p = dict(section)
+    if isinstance(p.get("workers"), dict):
+        p["workers"] = p["workers"].get(profile, 1)
+    p.setdefault("workers", 1)
     for key in ("dev", "test"):
         if isinstance(p.get(key), dict) and isinstance(p[key].get("per_set"), dict):
             per = p[key]["per_set"]
@@ -76,6 +79,9 @@ def check_design_params(p: dict, keys: tuple[str, ...] | None = None) -> None:
         raise ConfigError(
             "guidance_design: dev.split must be 'dev' and test.split 'test' (tune on dev, report on test)"
         )
+    w = p.get("workers", 1)
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise ConfigError(f"guidance_design.workers={w!r} is not allowed; allowed: an integer >= 1 (1: one process)")
     check_rule(p["select"], keys)
     b = p["budget"]
     if not (isinstance(b.get("configs"), int) and isinstance(b.get("keep"), int) and 1 <= b["keep"] <= b["configs"]):

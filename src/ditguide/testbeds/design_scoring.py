@@ -29,6 +29,7 @@ class ScenesScoring:
     keys = ("fd", "all", "digit", "colour", "relation", "precision", "recall")
     extra = ("all_unseen",)
     lower_is_better = frozenset({"fd"})
+    supports_workers = True  # renders through ditguide.generate (worker processes allowed)
     changes = ("fd", "all", "digit", "precision", "recall")  # reported as paired changes on test
     labels = {"fd": "FD", "all": "all-correct", "digit": "digit", "precision": "precision", "recall": "recall"}
 
@@ -63,7 +64,15 @@ class ScenesScoring:
         out = run_dir(
             scorer.runs_dir, scorer.prof, "design", m.name.replace("/", "_"), renderer, captions, samples_per_prompt=1
         )
-        generate(renderer, captions, out, batch_size=scorer.batch_size, base_seed=renderer.base_seed, progress=False)
+        generate(
+            renderer,
+            captions,
+            out,
+            batch_size=scorer.batch_size,
+            base_seed=renderer.base_seed,
+            progress=False,
+            workers=scorer.workers,
+        )
         samples = Samples.from_dir(out, len(captions))
         return np.stack([samples.image(i) for i in range(len(captions))])
 
@@ -103,6 +112,7 @@ class ClipsScoring:
     )
     extra = ()
     lower_is_better = frozenset()
+    supports_workers = False  # renders through evaluate_t2v.render_chunks, in this process
     changes = ("total", "semantic", "quality", "shown_and_moving", "motion")
     labels = {
         "total": "Total",

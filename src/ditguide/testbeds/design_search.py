@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..profiles import load_pipeline, load_profile
+from ..profiles import ConfigError, load_pipeline, load_profile
 from ..render import PipelineRenderer
 from .design_methods import Method, budgeted
 from .design_params import KEYS
@@ -34,11 +34,17 @@ class Scorer:
     twins: dict[str, str]
     batch_size: int = 256
     max_sets: int = 3
+    workers: int = 1  # forked single-threaded processes per render (ditguide.generate_pool)
     captions: list[str] = field(init=False)
 
     def __post_init__(self):
         self.prof = load_profile(self.profile, self.params)
         self.scoring = scoring_for(self.prof, self.judge_path)
+        if self.workers > 1 and not self.scoring.supports_workers:
+            raise ConfigError(
+                f"guidance_design.workers={self.workers} for profile {self.profile!r}: its scoring renders in one "
+                "process; allowed: 1"
+            )
         self.pipe = load_pipeline(self.prof)
         self.captions = self.scoring.captions(self.split, self.per_set)
         self.floor = self.scoring.prepare(self.captions, self.max_sets)

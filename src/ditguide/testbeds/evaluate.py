@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..generate_pool import check_workers
 from ..metrics.scenes import load_judge, read, scene_metrics
 from ..profiles import ConfigError, load_params, load_pipeline, load_profile
 from ..render import PipelineRenderer
@@ -79,8 +80,9 @@ def evaluate_scenes(
     params="params.yaml",
     judge_path: str = "data/scenes/judge.safetensors",
     runs_dir: str = "runs",
+    workers: int = 1,
 ) -> TestbedResult:
-    """No guidance, CFG at each scale, and autoguidance with each trained twin ({name: folder})."""
+    """No guidance, CFG at each scale, autoguidance with each trained twin ({name: folder}); `workers`."""
     from ..evaluation_real import run_dir
     from ..generate import generate
 
@@ -88,6 +90,7 @@ def evaluate_scenes(
     prof = load_profile(profile, params)
     twins = dict(twins or {})
     _check_arguments(prof, profile, per_set, seed_sets, cfg_scales, twins)
+    check_workers(workers)
     captions = [s.caption() for s in scenes.caption_set(split, per_set)]
     prompts = captions * seed_sets  # sample i: caption i % per_set, seed set i // per_set
 
@@ -113,7 +116,7 @@ def evaluate_scenes(
     )
     for name, (renderer, cost) in renderers.items():
         out = run_dir(runs_dir, prof, "testbed", name, renderer, prompts, samples_per_prompt=1)
-        summary = generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed)
+        summary = generate(renderer, prompts, out, batch_size=batch_size, base_seed=base_seed, workers=workers)
         images = _read_images(out, len(prompts))
         entry = _score(judge, images, captions, reference, per_set)
         entry.update(nfe_per_step=cost, cfg_scale=renderer.cfg_scale if not name.startswith("ag_") else None)
