@@ -33,6 +33,7 @@ twin_scale = 2.0
 batch_size = 250
 base_seed = 0
 threads = 0
+workers = 1  # forked single-threaded rendering processes (CPU; the clips are the same)
 params_file = "params.yaml"
 runs_dir = "runs"
 output_root = "."
@@ -69,6 +70,7 @@ result = evaluate_clips(
     base_seed=base_seed,
     params=params_file,
     runs_dir=runs_dir,
+    workers=workers,
 )
 result.metrics["acceptance"] = acceptance(result.metrics)
 print(json.dumps(result.metrics["acceptance"], indent=2))

@@ -4,6 +4,7 @@ their outputs depend neither on the batch nor on the thread count."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ditguide import generate as gen
@@ -84,3 +85,22 @@ def test_testbed_renders_do_not_depend_on_workers_batch_or_threads(tmp_path, pro
     one, two = folder_bytes(tmp_path / "one"), folder_bytes(tmp_path / "two")
     assert len(one) == count and one == two
     assert len({b for b in one.values()}) == count  # distinct samples: the comparison is not vacuous
+
+
+def test_clip_chunks_on_workers_equal_one_process(tmp_path, capsys):
+    """The T2V testbed's own chunk store (evaluate_t2v.render_chunks) on two workers: the same clips,
+    a progress line per chunk, and a rerun reuses every chunk."""
+    from ditguide.testbeds import clips
+    from ditguide.testbeds.evaluate_t2v import render_chunks
+
+    prof = load_profile("clips", load_params("params.yaml"))
+    renderer = PipelineRenderer(prof, load_pipeline(prof), steps=3)
+    prompts = [c.caption() for c in clips.caption_set("test", 9)]
+    one = render_chunks(renderer, prompts, tmp_path / "one", 3, None)
+    two = render_chunks(renderer, prompts, tmp_path / "two", 3, "cfg", workers=2)
+    assert one.shape[0] == 9 and np.array_equal(one, two)
+    assert capsys.readouterr().out.count("clips (") == 3
+    files = {p.name: p.read_bytes() for p in (tmp_path / "two").glob("chunk_*.npy")}
+    assert len(files) == 3 and files == {p.name: p.read_bytes() for p in (tmp_path / "one").glob("chunk_*.npy")}
+    again = render_chunks(renderer, prompts, tmp_path / "two", 3, "cfg", workers=2)
+    assert np.array_equal(again, one) and capsys.readouterr().out == ""

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..generate_pool import check_workers, run_workers
 from ..io import atomic_path
 from ..metrics import clips as M
 from ..metrics import vbench_score as vb
@@ -112,10 +113,38 @@ def references(
 
 
 def render_chunks(
-    renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str | None
+    renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int, label: str | None, workers: int = 1
 ) -> np.ndarray:
     """Render (or reuse) every clip of a method in chunks; returns (N, F, H, W, 3) uint8. Progress is
-    printed per chunk under `label` (None: silent)."""
+    printed per chunk under `label` (None: silent). `workers > 1` renders the missing chunks on that
+    many forked single-threaded processes (`ditguide.generate_pool`); the chunks are the same."""
+    _open_chunks(renderer, prompts, out, batch_size)
+    starts = list(range(0, len(prompts), batch_size))
+    missing = [k0 for k0 in starts if not _chunk_path(out, k0).is_file()]
+    left = sum(min(batch_size, len(prompts) - k0) for k0 in missing)
+    progress = _ChunkProgress(label, len(prompts) - left, len(prompts), batch_size)
+
+    def render(chunk_starts: list[int], saved) -> None:
+        for k0 in chunk_starts:
+            idx = list(range(k0, min(k0 + batch_size, len(prompts))))
+            frames = np.stack(renderer.render([prompts[i] for i in idx], idx))
+            with atomic_path(_chunk_path(out, k0), suffix=".tmp.npy") as tmp:  # np.save keeps a ".npy" name
+                np.save(tmp, frames)
+            saved()
+
+    if workers > 1 and len(missing) > 1:
+        run_workers(render, missing, workers, 1, progress)
+    else:
+        render(missing, lambda: progress.update(1))
+    return np.concatenate([np.load(_chunk_path(out, k0)) for k0 in starts])
+
+
+def _chunk_path(out: Path, k0: int) -> Path:
+    return out / f"chunk_{k0:06d}.npy"
+
+
+def _open_chunks(renderer: PipelineRenderer, prompts: list[str], out: Path, batch_size: int) -> None:
+    """Create `out` with the run's manifest, or check that it holds this run's chunks."""
     manifest = {
         "renderer": renderer.describe(),
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
@@ -133,21 +162,19 @@ def render_chunks(
             )
     else:
         mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    chunks, rendered, start = [], 0, time.time()
-    for k0 in range(0, len(prompts), batch_size):
-        path = out / f"chunk_{k0:06d}.npy"
-        if path.is_file():
-            chunks.append(np.load(path))
-            continue
-        idx = list(range(k0, min(k0 + batch_size, len(prompts))))
-        frames = np.stack(renderer.render([prompts[i] for i in idx], idx))
-        with atomic_path(path, suffix=".tmp.npy") as tmp:  # np.save keeps a ".npy" name as it is
-            np.save(tmp, frames)
-        chunks.append(frames)
-        rendered += len(idx)
-        if label is not None:
-            print(f"  {label}: {k0 + len(idx)}/{len(prompts)} clips ({time.time() - start:.0f} s)", flush=True)
-    return np.concatenate(chunks)
+
+
+class _ChunkProgress:
+    """A line per finished chunk (`update(chunks)`, tqdm's interface for generate_pool)."""
+
+    def __init__(self, label: str | None, done: int, total: int, batch_size: int):
+        self.label, self.done, self.total, self.batch_size, self.start = label, done, total, batch_size, time.time()
+
+    def update(self, chunks: int) -> None:
+        for _ in range(chunks):
+            self.done = min(self.total, self.done + self.batch_size)
+            if self.label is not None:
+                print(f"  {self.label}: {self.done}/{self.total} clips ({time.time() - self.start:.0f} s)", flush=True)
 
 
 def vbench_flickering(videos: np.ndarray, per_set: int) -> dict | None:
@@ -201,11 +228,14 @@ def evaluate_clips(
     base_seed: int = 0,
     params="params.yaml",
     runs_dir: str = "runs",
+    workers: int = 1,
 ) -> T2VResult:
-    """No guidance, CFG at each scale, the profile's guidance specs, autoguidance with each twin."""
+    """No guidance, CFG at each scale, the profile's guidance specs, autoguidance with each twin;
+    rendered by `workers` forked single-threaded processes (`ditguide.generate_pool`)."""
     params = load_params(params) if not isinstance(params, dict) else params
     prof = load_profile(profile, params)
     _check_arguments(prof, profile, per_set, seed_sets, batch_size, cfg_scales, twin_scale)
+    check_workers(workers)
     guided = {name: guidance_spec(prof, name) for name in specs}  # refuses unknown names before any work
     twins = dict(twins or {})
     for name, folder in twins.items():
@@ -227,7 +257,9 @@ def evaluate_clips(
     vbench_methods = ("none", f"cfg@{prof.cfg_scale:g}")  # VBench's own flickering as well (_with_references)
     for name, (renderer, cost) in renderers.items():
         t0 = time.time()
-        videos = render_chunks(renderer, prompts, Path(runs_dir) / profile / "t2v_toy" / name, batch_size, name)
+        videos = render_chunks(
+            renderer, prompts, Path(runs_dir) / profile / "t2v_toy" / name, batch_size, name, workers
+        )
         entry = _method_entry(name, renderer, cost, videos, prompts, per_set, t0)
         if name.startswith("ag_"):
             entry.update(twin=str(twins[name[3:]]), twin_scale=twin_scale)
