@@ -110,7 +110,7 @@ def generate(
         position=rank,
         disable=not progress,
     )
-    _render_pending(renderer, pending, out_dir, kind, batch_size, expected, fps, video_crf, bar, workers)
+    _render_pending(renderer, pending, _Writer(out_dir, kind, expected, fps, video_crf), batch_size, bar, workers)
     return GenerationSummary(
         out_dir=out_dir,
         planned=len(todo),
@@ -187,17 +187,24 @@ def _open_folder(out_dir: Path, manifest: dict, state) -> None:
         ensure_manifest(out_dir, manifest)  # a process whose software differs from the main one's fails here
 
 
+@dataclass(frozen=True)
+class _Writer:
+    """Checks one output and writes it atomically into the run folder."""
+
+    out_dir: Path
+    kind: str
+    expected: dict | None
+    fps: int
+    video_crf: int
+
+    def save(self, sample: Sample, output) -> None:
+        output = check_output(output, self.kind, sample.index, self.expected)
+        samples_dir, partial_dir = self.out_dir / SAMPLES_DIRNAME, self.out_dir / PARTIAL_DIRNAME
+        save_sample(sample, output, self.kind, samples_dir, partial_dir, self.fps, self.video_crf)
+
+
 def _render_pending(
-    renderer: Renderer,
-    pending: list[Sample],
-    out_dir: Path,
-    kind: str,
-    batch_size: int,
-    expected: dict | None,
-    fps: int,
-    video_crf: int,
-    bar: dict,
-    workers: int = 1,
+    renderer: Renderer, pending: list[Sample], writer: _Writer, batch_size: int, bar: dict, workers: int = 1
 ) -> None:
     """Render `pending` in batches of `batch_size`, each output checked and written atomically, with a
     progress bar (tqdm's keywords `bar`); on `workers` forked processes if more than one."""
@@ -207,9 +214,16 @@ def _render_pending(
         batch_size = worker_batches(len(pending), batch_size, workers)
 
     def render(samples: list[Sample], saved) -> None:
-        _render_batches(renderer, samples, out_dir, kind, batch_size, expected, fps, video_crf, saved)
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            outputs = renderer.render([s.prompt for s in batch], [s.index for s in batch])
+            if len(outputs) != len(batch):
+                raise ValueError(f"renderer returned {len(outputs)} outputs for {len(batch)} prompts")
+            for sample, output in zip(batch, outputs):
+                writer.save(sample, output)
+                saved()
 
-    progress = tqdm(unit=kind, **bar)
+    progress = tqdm(unit=writer.kind, **bar)
     try:
         if workers > 1 and len(pending) > 1:
             run_workers(render, pending, workers, batch_size, progress)
@@ -217,26 +231,3 @@ def _render_pending(
             render(pending, lambda: progress.update(1))
     finally:
         progress.close()
-
-
-def _render_batches(
-    renderer: Renderer,
-    pending: list[Sample],
-    out_dir: Path,
-    kind: str,
-    batch_size: int,
-    expected: dict | None,
-    fps: int,
-    video_crf: int,
-    saved,
-) -> None:
-    samples_dir, partial_dir = out_dir / SAMPLES_DIRNAME, out_dir / PARTIAL_DIRNAME
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        outputs = renderer.render([s.prompt for s in batch], [s.index for s in batch])
-        if len(outputs) != len(batch):
-            raise ValueError(f"renderer returned {len(outputs)} outputs for {len(batch)} prompts")
-        for sample, output in zip(batch, outputs):
-            output = check_output(output, kind, sample.index, expected)
-            save_sample(sample, output, kind, samples_dir, partial_dir, fps, video_crf)
-            saved()
