@@ -88,10 +88,10 @@ def test_testbed_renders_do_not_depend_on_workers_batch_or_threads(tmp_path, pro
 
 
 def test_clip_chunks_on_workers_equal_one_process(tmp_path, capsys):
-    """The T2V testbed's own chunk store (evaluate_t2v.render_chunks) on two workers: the same clips,
+    """The T2V testbed's own chunk store (clip_store.render_chunks) on two workers: the same clips,
     a progress line per chunk, and a rerun reuses every chunk."""
     from ditguide.testbeds import clips
-    from ditguide.testbeds.evaluate_t2v import render_chunks
+    from ditguide.testbeds.clip_store import render_chunks
 
     prof = load_profile("clips", load_params("params.yaml"))
     renderer = PipelineRenderer(prof, load_pipeline(prof), steps=3)

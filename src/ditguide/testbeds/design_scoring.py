@@ -112,7 +112,7 @@ class ClipsScoring:
     )
     extra = ()
     lower_is_better = frozenset()
-    supports_workers = False  # renders through evaluate_t2v.render_chunks, in this process
+    supports_workers = False  # renders through clip_store.render_chunks, in this process
     changes = ("total", "semantic", "quality", "shown_and_moving", "motion")
     labels = {
         "total": "Total",
@@ -140,7 +140,7 @@ class ClipsScoring:
         return twin_pipeline(pipe, twin, scale)
 
     def render(self, scorer, m, renderer, seed_set: int) -> np.ndarray:
-        from .evaluate_t2v import render_chunks
+        from .clip_store import render_chunks
 
         out = Path(scorer.runs_dir) / scorer.profile / "design" / scorer.split / m.name.replace("/", "_")
         return render_chunks(renderer, scorer.captions, out / f"set{seed_set}", scorer.batch_size, None)
