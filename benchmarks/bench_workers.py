@@ -30,13 +30,6 @@ from ditguide.render import PipelineRenderer
 from ditguide.testbeds.beds import bed_for
 
 
-class _OneProcess:
-    num_processes, process_index, is_main_process = 1, 0, True
-
-    def wait_for_everyone(self):
-        pass
-
-
 def folder(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((path / SAMPLES_DIRNAME).iterdir())}
 
@@ -64,8 +57,15 @@ def main() -> None:
                 out = Path(tmp) / f"{variant}-{r}"
                 workers = 1 if variant == "threads" else args.workers
                 t0 = time.perf_counter()
-                generate(renderer, captions, out, batch_size=args.batch_size, samples_per_prompt=1, workers=workers,
-                         state=_OneProcess(), progress=False)  # fmt: skip
+                generate(
+                    renderer,
+                    captions,
+                    out,
+                    batch_size=args.batch_size,
+                    samples_per_prompt=1,
+                    workers=workers,
+                    progress=False,
+                )
                 times[variant].append((time.perf_counter() - t0) / args.samples * 2000)
                 torch.set_num_threads(threads)
         same = folder(Path(tmp) / "threads-0") == folder(Path(tmp) / "workers-0")
