@@ -104,3 +104,29 @@ def test_clip_chunks_on_workers_equal_one_process(tmp_path, capsys):
     assert len(files) == 3 and files == {p.name: p.read_bytes() for p in (tmp_path / "one").glob("chunk_*.npy")}
     again = render_chunks(renderer, prompts, tmp_path / "two", 3, "cfg", workers=2)
     assert np.array_equal(again, one) and capsys.readouterr().out == ""
+
+
+def test_design_clip_scoring_splits_a_seed_set_across_workers(tmp_path):
+    """The guidance design's clip scoring cuts a seed set (smaller than a batch) into one chunk per
+    worker, and the clips equal one process rendering the set as one chunk."""
+    from types import SimpleNamespace
+
+    from ditguide.testbeds import clips
+    from ditguide.testbeds.design_methods import Method
+    from ditguide.testbeds.design_scoring import ClipsScoring
+
+    prof = load_profile("clips", load_params("params.yaml"))
+    renderer = PipelineRenderer(prof, load_pipeline(prof), steps=3)
+    captions = [c.caption() for c in clips.caption_set("dev", 10)]
+    m = Method("cfg@5", "cfg", "CFG 5", cfg_scale=5.0)
+
+    def scorer(name, workers):
+        return SimpleNamespace(
+            runs_dir=str(tmp_path / name), profile="clips", split="dev", captions=captions, batch_size=256, workers=workers
+        )
+
+    one = ClipsScoring().render(scorer("one", 1), m, renderer, 0)
+    two = ClipsScoring().render(scorer("two", 2), m, renderer, 0)
+    assert one.shape[0] == 10 and np.array_equal(one, two)
+    chunks = sorted(p.name for p in (tmp_path / "two" / "clips" / "design" / "dev" / "cfg@5" / "set0").glob("chunk_*"))
+    assert chunks == ["chunk_000000.npy", "chunk_000005.npy"]

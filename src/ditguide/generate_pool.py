@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.connection
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -95,7 +96,8 @@ def run_workers(
             shown = now
             if not alive:
                 break
-            time.sleep(POLL_SECONDS)
+            # Wake at once when a worker exits (a fixed sleep would add up to POLL_SECONDS to every call).
+            multiprocessing.connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=POLL_SECONDS)
         failed = [p for p in procs if p.exitcode != 0]
         if failed:
             p = failed[0]

@@ -100,6 +100,33 @@ class Benchmark:
         return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
+class SeedSetBenchmark(Benchmark):
+    """A testbed benchmark: the fixed caption list of one split (`_texts`), rendered `seed_sets` times
+    (sample i: caption i % per_set, seed set i // per_set), so every method sees the same per-index
+    seeds and each metric gets a standard error over the seed sets."""
+
+    splits: tuple[str, ...] = ("dev", "test", "unseen")
+
+    def _seed_sets(self, split: str, per_set: int, seed_sets: int) -> None:
+        """Check and keep the split, its captions per seed set, and the number of seed sets."""
+        check_option(split in self.splits, "split", split, ", ".join(self.splits))
+        check_option(is_int(per_set, 10), "per_set", per_set, "an integer >= 10")
+        check_option(is_int(seed_sets, 3), "seed_sets", seed_sets, "an integer >= 3 (standard errors need them)")
+        self.split, self.per_set, self.seed_sets = split, per_set, seed_sets
+
+    def _texts(self) -> list[str]:
+        """The split's `per_set` captions, in order."""
+        raise NotImplementedError
+
+    def captions(self) -> list[Caption]:
+        texts = self._texts()
+        return [
+            Caption(f"{self.split}/{i}", text, {"seed_set": k})
+            for k in range(self.seed_sets)
+            for i, text in enumerate(texts)
+        ]
+
+
 def check_option(cond: bool, name: str, value, allowed: str) -> None:
     if not cond:
         raise ConfigError(f"{name}={value!r} is not allowed; allowed: {allowed}")

@@ -25,9 +25,8 @@ import numpy as np
 
 from ..profiles import Profile
 from ..style import latex_table
-from .base import Benchmark, Caption, check_option, guidance_label, is_int, mean_se, tex
+from .base import SeedSetBenchmark, guidance_label, mean_se, tex
 
-SPLITS = ("dev", "test", "unseen")
 # The per-clip dimensions and flags of metrics.clips, then the VBench-shaped aggregates.
 AGGREGATES = ("total", "quality", "semantic")
 SHORT = {
@@ -126,7 +125,7 @@ def score_sets(videos: np.ndarray, prompts: Sequence[str], per_set: int) -> dict
     return {**mean_se(sets, keys()), "seed_set_scores": [{k: s[k] for k in AGGREGATES} for s in sets]}
 
 
-class Clips(Benchmark):
+class Clips(SeedSetBenchmark):
     """split: caption list (dev to tune, test to report, unseen: a held-out (shape, motion) pair in
     every caption); per_set: captions per seed set; seed_sets: how many times each caption is rendered
     (>= 3, for standard errors)."""
@@ -136,10 +135,7 @@ class Clips(Benchmark):
     task = "t2v"
 
     def __init__(self, split: str = "test", per_set: int = 250, seed_sets: int = 4):
-        check_option(split in SPLITS, "split", split, ", ".join(SPLITS))
-        check_option(is_int(per_set, 10), "per_set", per_set, "an integer >= 10")
-        check_option(is_int(seed_sets, 3), "seed_sets", seed_sets, "an integer >= 3 (standard errors need them)")
-        self.split, self.per_set, self.seed_sets = split, per_set, seed_sets
+        self._seed_sets(split, per_set, seed_sets)
         self._real = self._chance = None
 
     @classmethod
@@ -155,14 +151,6 @@ class Clips(Benchmark):
         from ..testbeds import clips
 
         return [c.caption() for c in clips.caption_set(self.split, self.per_set)]
-
-    def captions(self) -> list[Caption]:
-        texts = self._texts()
-        return [
-            Caption(f"{self.split}/{i}", text, {"seed_set": k})
-            for k in range(self.seed_sets)
-            for i, text in enumerate(texts)
-        ]
 
     def prepare(self, profile: Profile, *, device: str, main_process: bool = True) -> None:
         self._real, self._chance = references(self._texts(), self.seed_sets)

@@ -20,15 +20,14 @@ import numpy as np
 
 from ..profiles import Profile
 from ..style import latex_table
-from .base import Benchmark, Caption, check_option, is_int, mean_se
+from .base import SeedSetBenchmark, mean_se
 
-SPLITS = ("dev", "test", "unseen")
 METRICS = ("fd", "all", "digit", "colour", "relation", "precision", "recall")
 REFERENCE_DRAWS = 4  # reference renders per caption (held-out glyphs), as notebook 00
 SIZE = 16
 
 
-class Scenes(Benchmark):
+class Scenes(SeedSetBenchmark):
     """split: caption list (dev to tune, test to report, unseen: held-out attribute pairs); per_set:
     captions per seed set; seed_sets: how many times each caption is rendered (>= 3, for standard
     errors); judge_path: the scene judge (the train_scenes_judge stage's output)."""
@@ -43,10 +42,7 @@ class Scenes(Benchmark):
         seed_sets: int = 4,
         judge_path: str = "data/scenes/judge.safetensors",
     ):
-        check_option(split in SPLITS, "split", split, ", ".join(SPLITS))
-        check_option(is_int(per_set, 10), "per_set", per_set, "an integer >= 10")
-        check_option(is_int(seed_sets, 3), "seed_sets", seed_sets, "an integer >= 3 (standard errors need them)")
-        self.split, self.per_set, self.seed_sets = split, per_set, seed_sets
+        self._seed_sets(split, per_set, seed_sets)
         self.judge_path = str(judge_path)
         self._judge = self._reference = self._floor = None
 
@@ -60,14 +56,6 @@ class Scenes(Benchmark):
         from ..testbeds import scenes
 
         return [s.caption() for s in scenes.caption_set(self.split, self.per_set)]
-
-    def captions(self) -> list[Caption]:
-        texts = self._texts()
-        return [
-            Caption(f"{self.split}/{i}", text, {"seed_set": k})
-            for k in range(self.seed_sets)
-            for i, text in enumerate(texts)
-        ]
 
     def prepare(self, profile: Profile, *, device: str, main_process: bool = True) -> None:
         from ..metrics.scenes import load_judge

@@ -5,10 +5,11 @@ is the captions, where the samples are kept, the judge and which metrics exist:
 
 - `ScenesScoring` (T2I glyph scenes): FD in the judge's features against held-out renders (lower is
   better) with its real-vs-real floor, all-correct rate, per-attribute accuracy, precision/recall.
-  Samples go through `generate` (resumable PNG folders under `runs/`).
+  Samples go through `generate` (resumable PNG folders under `runs/`, forked workers allowed).
 - `ClipsScoring` (T2V moving shapes): the VBench-shaped Total, Quality, Semantic and their
   dimensions from the exact judges of `metrics.clips` (higher is better), with real renders as the
-  ceiling. Clips are kept as uint8 chunks under `runs/` (an mp4 would halve a 12 px frame's colour).
+  ceiling. Clips are kept as uint8 chunks under `runs/` (an mp4 would halve a 12 px frame's colour),
+  rendered by `clip_store.render_chunks` (forked workers allowed).
 
 `scoring_for(profile, ...)` picks the right one. Both give a `floor` (the metrics of real renders,
 scored the same way) and `keys` (metrics a selection rule may name).
@@ -29,7 +30,6 @@ class ScenesScoring:
     keys = ("fd", "all", "digit", "colour", "relation", "precision", "recall")
     extra = ("all_unseen",)
     lower_is_better = frozenset({"fd"})
-    supports_workers = True  # renders through ditguide.generate (worker processes allowed)
     changes = ("fd", "all", "digit", "precision", "recall")  # reported as paired changes on test
     labels = {"fd": "FD", "all": "all-correct", "digit": "digit", "precision": "precision", "recall": "recall"}
 
@@ -112,7 +112,6 @@ class ClipsScoring:
     )
     extra = ()
     lower_is_better = frozenset()
-    supports_workers = False  # renders through clip_store.render_chunks, in this process
     changes = ("total", "semantic", "quality", "shown_and_moving", "motion")
     labels = {
         "total": "Total",
@@ -142,8 +141,13 @@ class ClipsScoring:
     def render(self, scorer, m, renderer, seed_set: int) -> np.ndarray:
         from .clip_store import render_chunks
 
+        from ..generate_pool import worker_batches
+
         out = Path(scorer.runs_dir) / scorer.profile / "design" / scorer.split / m.name.replace("/", "_")
-        return render_chunks(renderer, scorer.captions, out / f"set{seed_set}", scorer.batch_size, None)
+        # A seed set is smaller than a batch: with workers, cut it into one chunk per worker (the clips
+        # do not depend on the chunk size, tests/test_generate_pool.py), as `generate` does for scenes.
+        chunk = worker_batches(len(scorer.captions), scorer.batch_size, scorer.workers)
+        return render_chunks(renderer, scorer.captions, out / f"set{seed_set}", chunk, None, workers=scorer.workers)
 
     def score(self, videos: np.ndarray, captions: list[str]) -> dict:
         from ..metrics import clips as M

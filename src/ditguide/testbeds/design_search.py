@@ -40,11 +40,6 @@ class Scorer:
     def __post_init__(self):
         self.prof = load_profile(self.profile, self.params)
         self.scoring = scoring_for(self.prof, self.judge_path)
-        if self.workers > 1 and not self.scoring.supports_workers:
-            raise ConfigError(
-                f"guidance_design.workers={self.workers} for profile {self.profile!r}: its scoring renders in one "
-                "process; allowed: 1"
-            )
         self.pipe = load_pipeline(self.prof)
         self.captions = self.scoring.captions(self.split, self.per_set)
         self.floor = self.scoring.prepare(self.captions, self.max_sets)
