@@ -122,7 +122,12 @@ def test_design_clip_scoring_splits_a_seed_set_across_workers(tmp_path):
 
     def scorer(name, workers):
         return SimpleNamespace(
-            runs_dir=str(tmp_path / name), profile="clips", split="dev", captions=captions, batch_size=256, workers=workers
+            runs_dir=str(tmp_path / name),
+            profile="clips",
+            split="dev",
+            captions=captions,
+            batch_size=256,
+            workers=workers,
         )
 
     one = ClipsScoring().render(scorer("one", 1), m, renderer, 0)

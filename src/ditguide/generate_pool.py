@@ -20,7 +20,6 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 POLL_SECONDS = 0.5

@@ -25,28 +25,11 @@ import numpy as np
 
 from ..profiles import Profile
 from ..style import latex_table
+from ..testbeds.plots_t2v import LABELS
 from .base import SeedSetBenchmark, guidance_label, mean_se, tex
 
 # The per-clip dimensions and flags of metrics.clips, then the VBench-shaped aggregates.
 AGGREGATES = ("total", "quality", "semantic")
-SHORT = {
-    "total": "Total",
-    "quality": "Quality",
-    "semantic": "Semantic",
-    "shown_and_moving": "shown+moving",
-    "all_correct": "all correct",
-    "object_class": "object",
-    "multiple_objects": "multiple",
-    "color": "colour",
-    "spatial_relationship": "spatial",
-    "motion": "motion",
-    "subject_consistency": "subject",
-    "background_consistency": "backgr.",
-    "temporal_flickering": "flicker",
-    "motion_smoothness": "smooth",
-    "dynamic_degree": "dynamic",
-    "imaging_quality": "imaging",
-}
 
 
 def keys() -> tuple[str, ...]:
@@ -224,7 +207,7 @@ class Clips(SeedSetBenchmark):
         columns = (*AGGREGATES, "shown_and_moving")
         return latex_table(
             self._rows(metrics, columns),
-            ["method", "guidance", "NFE/step", *(SHORT[k] for k in columns)],
+            ["method", "guidance", "NFE/step", *(LABELS[k] for k in columns)],
             caption=self._caption(metrics),
             label=f"tab:t2v_{metrics['profile']}",
         )
@@ -236,7 +219,7 @@ class Clips(SeedSetBenchmark):
         columns = (*M.SEMANTIC, *M.QUALITY)
         return latex_table(
             self._rows(metrics, columns),
-            ["method", "guidance", "NFE/step", *(SHORT[k] for k in columns)],
+            ["method", "guidance", "NFE/step", *(LABELS[k] for k in columns)],
             caption=self._caption(metrics),
             label=f"tab:t2v_{metrics['profile']}_dimensions",
         )
@@ -283,7 +266,7 @@ class Clips(SeedSetBenchmark):
         for off, (name, m) in zip(offsets, methods.items()):
             bx.scatter(np.arange(len(dims)) + off, [m[d] for d in dims], s=10, label=name, color=style.color(name))
         bx.scatter(np.arange(len(dims)), [real[d] for d in dims], s=14, marker="+", color="k", label="real renders")
-        bx.set_xticks(np.arange(len(dims)), [SHORT[d] for d in dims], rotation=30, ha="right")
+        bx.set_xticks(np.arange(len(dims)), [LABELS[d] for d in dims], rotation=30, ha="right")
         bx.set_ylabel("score ↑")
         bx.legend(frameon=False, fontsize=5, ncol=2)
         fig.tight_layout()

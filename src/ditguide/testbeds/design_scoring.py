@@ -139,9 +139,8 @@ class ClipsScoring:
         return twin_pipeline(pipe, twin, scale)
 
     def render(self, scorer, m, renderer, seed_set: int) -> np.ndarray:
-        from .clip_store import render_chunks
-
         from ..generate_pool import worker_batches
+        from .clip_store import render_chunks
 
         out = Path(scorer.runs_dir) / scorer.profile / "design" / scorer.split / m.name.replace("/", "_")
         # A seed set is smaller than a batch: with workers, cut it into one chunk per worker (the clips

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..profiles import ConfigError, load_pipeline, load_profile
+from ..profiles import load_pipeline, load_profile
 from ..render import PipelineRenderer
 from .design_methods import Method, budgeted
 from .design_params import KEYS

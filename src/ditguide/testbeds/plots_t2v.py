@@ -104,11 +104,16 @@ def sample_strip(videos: dict[str, np.ndarray], methods: list[str], captions: li
 
 
 COLUMNS = ("total", "quality", "semantic", "shown_and_moving", *M.SEMANTIC, *M.QUALITY)
-SHORT = {
+
+
+# Short column labels of every per-clip number and aggregate of `metrics.clips` (this module's tables
+# and the clips benchmark's).
+LABELS = {
     "total": "Total",
     "quality": "Quality",
     "semantic": "Semantic",
     "shown_and_moving": "shown+moving",
+    "all_correct": "all correct",
     "object_class": "object",
     "multiple_objects": "multiple",
     "color": "colour",
@@ -135,7 +140,7 @@ def table(metrics: dict) -> str:
     rows = [(name, cost, *(f"{m[k]:.3f} ± {m[k + '_se']:.3f}" for k in COLUMNS)) for name, cost, m in _rows(metrics)]
     return latex_table(
         rows,
-        ["method", "NFE/step", *(SHORT[k] for k in COLUMNS)],
+        ["method", "NFE/step", *(LABELS[k] for k in COLUMNS)],
         caption=(
             f"T2V testbed (Wan-architecture toy), {metrics['split']} captions: {metrics['seed_sets']} seed sets of "
             f"{metrics['per_set']} clips (mean $\\pm$ standard error over seed sets), {metrics['steps']} Euler steps, "
@@ -148,7 +153,7 @@ def table(metrics: dict) -> str:
 
 def markdown_table(metrics: dict, columns=COLUMNS) -> str:
     """The README's table (mean ± standard error over seed sets), from the metrics."""
-    head = "| method | NFE/step | " + " | ".join(SHORT[k] for k in columns) + " |"
+    head = "| method | NFE/step | " + " | ".join(LABELS[k] for k in columns) + " |"
     lines = [head, "|" + "---|" * (len(columns) + 2)]
     for name, cost, m in _rows(metrics):
         lines.append(f"| {name} | {cost} | " + " | ".join(f"{m[k]:.3f} ± {m[k + '_se']:.3f}" for k in columns) + " |")
