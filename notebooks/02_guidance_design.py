@@ -31,8 +31,8 @@ timing = True  # measure wall-clock seconds per sample of every test method
 steps = None  # None: the profile's sampling steps (tests use fewer)
 # The guidance_design section of params.yaml (see there): splits, budget, rule, candidates, grid;
 # per_set and select may be given per testbed.
-dev = {"split": "dev", "per_set": {"scenes": 96, "clips": 48}, "seed_sets": 3, "base_seed": 1000}
-test = {"split": "test", "per_set": {"scenes": 128, "clips": 64}, "seed_sets": 3, "base_seed": 0}
+dev = {"split": "dev", "per_set": {"scenes": 72, "clips": 48}, "seed_sets": 3, "base_seed": 1000}
+test = {"split": "test", "per_set": {"scenes": 96, "clips": 64}, "seed_sets": 3, "base_seed": 0}
 budget = {"configs": 5, "keep": 2, "seed": 0}
 select = {
     "scenes": {"objective": "fd", "alignment": "all", "max_nfe_per_step": 2.0},

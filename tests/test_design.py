@@ -222,3 +222,16 @@ def test_paired_change_is_undefined_not_infinite_when_the_reference_is_zero():
     out = design.paired_change(m, r, "s")
     assert out["rel"] is None and out["lo"] is None and "reference is 0" in out["undefined"]
     assert out["seed_sets"] == 3
+
+
+def test_samples_rendered_counts_each_method_and_seed_set_once():
+    """The reference on 3 sets; family a: x on set 0 only, y kept (3 sets); family cfg: the reference's
+    own config again (kept: reused, not rendered twice) and z on set 0: 3 + 1 + 3 + 0 + 1 = 8 sets."""
+    dev = {
+        "reference": "cfg@1.5",
+        "families": {
+            "a": {"configs": [{"name": "x", "rung1": None}, {"name": "y", "rung1": {}}]},
+            "cfg": {"configs": [{"name": "cfg@1.5", "rung1": {}}, {"name": "z", "rung1": None}]},
+        },
+    }
+    assert design.samples_rendered(dev, per_set=10, seed_sets=3) == 80

@@ -54,6 +54,7 @@ __all__ = [
     "rule_of",
     "run_dev",
     "run_test",
+    "samples_rendered",
     "search",
     "selected_method",
     "test_methods",
@@ -113,11 +114,22 @@ def run_dev(
         rule=p["select"],
         split=d,
         floor=scorer.floor,
-        samples_rendered=sum(len(v) for v in fams.values()),
+        samples_rendered=samples_rendered(dev, d["per_set"], d["seed_sets"]),
     )
     selected = selected_method(dev, fams, rule)
     dev["selected"] = asdict(selected)
     return dev, fams, selected
+
+
+def samples_rendered(dev: dict, per_set: int, seed_sets: int) -> int:
+    """Samples the dev search rendered: every distinct (method, seed set) it scored, times `per_set`
+    (the reference on every set; each family's configs on set 0, the kept ones on every set; a
+    method scored twice, such as CFG at the default in the reference and the CFG family, counts once)."""
+    scored = {(dev["reference"], k) for k in range(seed_sets)}
+    for fam in dev["families"].values():
+        for c in fam["configs"]:
+            scored |= {(c["name"], k) for k in range(seed_sets if c["rung1"] is not None else 1)}
+    return len(scored) * per_set
 
 
 def run_test(
