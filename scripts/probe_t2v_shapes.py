@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from probe_t2v_training import render_clips  # the sibling probe (scripts/ is on sys.path when run)
 
 from ditguide.metrics import clips as M
 from ditguide.testbeds import clips as C
@@ -75,22 +76,9 @@ def use_shapes(shapes: tuple[str, ...]) -> None:
     M._CENTROID_V.update({"bar": 0.5, "pillar": 0.5})
 
 
-@torch.no_grad()
-def judge(pipe, count: int, scale: float, batch: int = 250) -> dict:
+def judge(pipe, count: int, scale: float) -> dict:
     captions = [c.caption() for c in C.caption_set("test", count)]
-    videos = []
-    for k0 in range(0, count, batch):
-        idx = list(range(k0, min(k0 + batch, count)))
-        res = pipe(
-            prompt=[captions[i] for i in idx],
-            num_inference_steps=16,
-            guidance_scale=scale,
-            indices=idx,
-            base_seed=0,
-            output_type="np",
-        )
-        videos.append(np.asarray(res.frames))
-    videos = np.concatenate(videos)
+    videos = render_clips(pipe, captions, scale)
     per_clip = M.score_clips(videos, captions)
     n_obj = np.array([len(C.parse_caption(c).objects) for c in captions])
     out = {k: round(float(v), 4) for k, v in M.aggregate(per_clip).items()}

@@ -63,23 +63,28 @@ def config_for(name: str, budget_s: float, steps_scale: float = 1.0) -> tuple[Cl
 
 
 @torch.no_grad()
+def render_clips(pipe, captions: list[str], scale: float, batch: int = 250) -> np.ndarray:
+    """(N, F, H, W, 3) clips of `captions` at CFG `scale`, 16 steps, sample i seeded by (0, i)."""
+    videos = []
+    for k0 in range(0, len(captions), batch):
+        idx = list(range(k0, min(k0 + batch, len(captions))))
+        res = pipe(
+            prompt=[captions[i] for i in idx],
+            num_inference_steps=16,
+            guidance_scale=scale,
+            indices=idx,
+            base_seed=0,
+            output_type="np",
+        )
+        videos.append(np.asarray(res.frames))
+    return np.concatenate(videos)
+
+
 def judge(pipe, device, count: int, scales=(1.0, 5.0), batch: int = 250) -> dict:
     captions = [c.caption() for c in clips.caption_set("test", count)]
     out = {}
     for scale in scales:
-        videos = []
-        for k0 in range(0, count, batch):
-            idx = list(range(k0, min(k0 + batch, count)))
-            res = pipe(
-                prompt=[captions[i] for i in idx],
-                num_inference_steps=16,
-                guidance_scale=scale,
-                indices=idx,
-                base_seed=0,
-                output_type="np",
-            )
-            videos.append(np.asarray(res.frames))
-        scores = aggregate(score_clips(np.concatenate(videos), captions))
+        scores = aggregate(score_clips(render_clips(pipe, captions, scale, batch), captions))
         keys = ("motion", "object_class", "color", "shown_and_moving", "all_correct", "semantic", "quality", "total")
         out[f"cfg{scale:g}"] = {k: round(float(scores[k]), 4) for k in keys if k in scores}
     return out
