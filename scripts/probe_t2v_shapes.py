@@ -20,6 +20,7 @@ sizes, speeds, layout, caption seeds). One training seed per set, a short budget
 choosing the next retraining, not a result.
 
     python scripts/probe_t2v_shapes.py --steps 900 --out benchmarks/results/probe_t2v_shapes
+    python scripts/probe_t2v_shapes.py --stored runs/clips/t2v_toy/cfg@5   # the committed model's confusion
 """
 
 from __future__ import annotations
@@ -119,7 +120,23 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("probe_t2v_shapes"))
+    parser.add_argument(
+        "--stored",
+        type=Path,
+        help="instead of training: print the confusion of a method's stored test clips from evaluate_t2v_toy "
+        "(e.g. runs/clips/t2v_toy/cfg@5; its captions are the test list, per_set 250, repeated per seed set)",
+    )
+    parser.add_argument("--per-set", type=int, default=250, help="with --stored: test captions per seed set")
     args = parser.parse_args(argv)
+    if args.stored is not None:
+        chunks = sorted(args.stored.glob("chunk_*.npy"))
+        if not chunks:
+            print(f"--stored {args.stored}: no chunk_*.npy files (render them with evaluate_t2v_toy)", file=sys.stderr)
+            return 2
+        videos = np.concatenate([np.load(c) for c in chunks])
+        texts = [c.caption() for c in C.caption_set("test", args.per_set)]
+        print(json.dumps(confusion(videos, texts * (len(videos) // len(texts))), indent=1))
+        return 0
     names = args.sets or list(SETS)
     unknown = [n for n in names if n not in SETS]
     if unknown or args.steps < 1:
