@@ -56,6 +56,7 @@ SETS = {
     "coarse": ("square", "bar", "pillar", "triangle"),
 }
 _ORIGINAL_MASK = C.shape_mask
+_ORIGINAL_SHAPES, _ORIGINAL_HELDOUT = C.SHAPES, C.HELDOUT_PAIRS
 
 
 def _mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -68,12 +69,12 @@ def _mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def use_shapes(shapes: tuple[str, ...]) -> None:
-    """Swap the generator's and the judge's shape set (module globals read at call time)."""
-    old = C.SHAPES
+    """Swap the generator's and the judge's shape set (module globals read at call time), always from
+    the testbed's own set, so that sets can be swapped in any order."""
     C.SHAPES = shapes
     C.shape_mask = _mask
     # the held-out (shape, motion) pairs follow the shapes by position
-    C.HELDOUT_PAIRS = frozenset((shapes[old.index(s)], m) for s, m in C.HELDOUT_PAIRS)
+    C.HELDOUT_PAIRS = frozenset((shapes[_ORIGINAL_SHAPES.index(s)], m) for s, m in _ORIGINAL_HELDOUT)
     M._CENTROID_V.update({"bar": 0.5, "pillar": 0.5})
 
 
@@ -144,9 +145,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    original = C.SHAPES
     for name in names:
-        C.SHAPES = original
         use_shapes(SETS[name])
         cfg = replace(RECIPE, steps=args.steps)
         encoder = build_prompt_encoder(cfg)
