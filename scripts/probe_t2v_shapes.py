@@ -38,7 +38,9 @@ from probe_t2v_training import render_clips  # the sibling probe (scripts/ is on
 
 from ditguide.metrics import clips as M
 from ditguide.testbeds import clips as C
+from ditguide.testbeds.train import save_pipeline
 from ditguide.testbeds.train_t2v import ClipsTrainConfig, build_prompt_encoder, pipeline, train_clips_model
+from ditguide.toy.video_pipeline import ToyVideoPipeline
 
 # params.yaml train_toy_t2v, the committed recipe (steps set by --steps)
 RECIPE = ClipsTrainConfig(
@@ -117,10 +119,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sets", nargs="*", help=f"shape sets (default: all of {', '.join(SETS)})")
     parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size, help="clips per optimiser step")
     parser.add_argument("--eval-clips", type=int, default=500)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("probe_t2v_shapes"))
+    parser.add_argument(
+        "--save-model", type=Path, help="also save each trained pipeline to DIR/<set> (not judged again)"
+    )
     parser.add_argument(
         "--stored",
         type=Path,
@@ -128,7 +134,23 @@ def main(argv=None) -> int:
         "(e.g. runs/clips/t2v_toy/cfg@5; its captions are the test list, per_set 250, repeated per seed set)",
     )
     parser.add_argument("--per-set", type=int, default=250, help="with --stored: test captions per seed set")
+    parser.add_argument(
+        "--judge-model",
+        type=Path,
+        help="instead of training: judge a saved pipeline (e.g. data/clips/model) as a trained set is judged, "
+        "writing <out>/<folder name>.json",
+    )
     args = parser.parse_args(argv)
+    if args.judge_model is not None:
+        torch.set_num_threads(args.threads)
+        pipe = ToyVideoPipeline.from_pretrained(args.judge_model)
+        pipe.set_progress_bar_config(disable=True)
+        row = {"model": str(args.judge_model), "cfg_scale": args.cfg_scale}
+        row["judged"] = judge(pipe, args.eval_clips, args.cfg_scale)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.judge_model.name}.json").write_text(json.dumps(row, indent=1) + "\n")
+        print("RESULT " + json.dumps(row), flush=True)
+        return 0
     if args.stored is not None:
         chunks = sorted(args.stored.glob("chunk_*.npy"))
         if not chunks:
@@ -147,12 +169,14 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         use_shapes(SETS[name])
-        cfg = replace(RECIPE, steps=args.steps)
+        cfg = replace(RECIPE, steps=args.steps, batch_size=args.batch_size)
         encoder = build_prompt_encoder(cfg)
         start = time.time()
         model, losses, _ = train_clips_model(cfg, encoder, progress=False, log_every=max(1, cfg.steps // 4))
         seconds = time.time() - start
         pipe = pipeline(model, encoder, cfg.frames)
+        if args.save_model:
+            save_pipeline(pipe, args.save_model / name, {"config": asdict(cfg), "loss": losses})
         row = {
             "set": name,
             "shapes": list(SETS[name]),

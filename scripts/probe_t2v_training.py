@@ -63,14 +63,14 @@ def config_for(name: str, budget_s: float, steps_scale: float = 1.0) -> tuple[Cl
 
 
 @torch.no_grad()
-def render_clips(pipe, captions: list[str], scale: float, batch: int = 250) -> np.ndarray:
-    """(N, F, H, W, 3) clips of `captions` at CFG `scale`, 16 steps, sample i seeded by (0, i)."""
+def render_clips(pipe, captions: list[str], scale: float, batch: int = 250, steps: int = 16) -> np.ndarray:
+    """(N, F, H, W, 3) clips of `captions` at CFG `scale`, `steps` steps, sample i seeded by (0, i)."""
     videos = []
     for k0 in range(0, len(captions), batch):
         idx = list(range(k0, min(k0 + batch, len(captions))))
         res = pipe(
             prompt=[captions[i] for i in idx],
-            num_inference_steps=16,
+            num_inference_steps=steps,
             guidance_scale=scale,
             indices=idx,
             base_seed=0,
