@@ -21,6 +21,10 @@ choosing the next retraining, not a result.
 
     python scripts/probe_t2v_shapes.py --steps 900 --out benchmarks/results/probe_t2v_shapes
     python scripts/probe_t2v_shapes.py --stored runs/clips/t2v_toy/cfg@5   # the committed model's confusion
+    python scripts/probe_t2v_shapes.py current --steps 6600 --batch-size 32 --eval-clips 1000 --out DIR
+    python scripts/probe_t2v_shapes.py --judge-model data/clips/model --eval-clips 1000 --out DIR
+
+The last two are the training-budget probe (README, "What was tried"; benchmarks/results/probe_t2v_budget/).
 """
 
 from __future__ import annotations
