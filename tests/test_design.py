@@ -58,6 +58,50 @@ def test_candidates_keep_strengthening_edits_one_per_block():
         design.candidates({"candidates": {"weak": [], "strong": LAYER_SCORES["candidates"]["strong"]}}, 2, 2)
 
 
+def _record(edit, block, window, d_sem, se_sem, d_q, se_q):
+    return {
+        "edit": edit,
+        "block": block,
+        "window": window,
+        "d_semantic": d_sem,
+        "d_semantic_se": se_sem,
+        "d_quality": d_q,
+        "d_quality_se": se_q,
+    }
+
+
+def test_candidates_fall_back_to_the_best_strengthening_estimates_when_none_clears_2_se():
+    """A map with no significant strengthening edit: with the bed given, the strong edits are the
+    strengthening records with a positive improvement, ranked in SE units, one per block, labelled;
+    weakening records and records that only get worse are never chosen. Without a bed, one clear error."""
+    from ditguide.testbeds.beds import ClipsBed
+
+    scores = {
+        "candidates": {"weak": [{"spec": "skip:blocks:2"}], "strong": []},
+        "generation": {
+            "records": [
+                _record("skip", "blocks:0", "all", 0.5, 0.01, 0.5, 0.01),  # weakens: never strong
+                _record("scale1.5", "blocks:1", "all", 0.01, 0.01, -0.02, 0.01),  # 1 SE on semantic
+                _record("scale1.5", "blocks:4", "early", -0.01, 0.01, 0.018, 0.01),  # 1.8 SE on quality
+                _record("scale1.5", "blocks:4", "all", 0.015, 0.01, 0.0, 0.01),  # same block, 1.5 SE: dropped
+                _record("scale1.5", "blocks:6", "all", -0.01, 0.01, -0.01, 0.01),  # worse on both
+            ]
+        },
+    }
+    c = design.candidates(scores, 1, 5, ClipsBed())
+    assert c["strong"] == [
+        {"spec": "scale(1.5):blocks:4", "window": "early"},
+        {"spec": "scale(1.5):blocks:1", "window": "all"},
+    ]
+    assert c["strong_basis"] == "best estimate, none > 2 SE"
+    assert "strong_basis" not in design.candidates(LAYER_SCORES, 2, 5, ClipsBed())  # significant ones win
+    with pytest.raises(ConfigError, match="0 strengthening strong candidates"):
+        design.candidates(scores, 1, 5)
+    scores["generation"]["records"] = scores["generation"]["records"][-1:]
+    with pytest.raises(ConfigError, match="at least one of each"):
+        design.candidates(scores, 1, 5, ClipsBed())
+
+
 def test_ours_spec_terms_and_windows():
     d = design.ours_spec(2.0, {"spec": "scale(1.5):single:3", "window": "early"}, "skip:single:5")
     assert d["branches"] == {

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..profiles import load_profile
+from .beds import bed_for
 
 # The design's parts by job: the methods and families (design_methods), the scorer, rule and search
 # (design_search), the parameters (design_params); this module runs dev and test and re-exports them
@@ -100,7 +101,9 @@ def run_dev(
 ) -> tuple[dict, dict[str, list[Method]], Method]:
     """The dev search and the selected preset: (search record, families, selected method)."""
     prof = load_profile(profile, params)
-    cands = candidates(layer_scores, p["weak_candidates"], p["strong_candidates"])
+    cands = candidates(layer_scores, p["weak_candidates"], p["strong_candidates"], bed_for(prof))
+    if "strong_basis" in cands:
+        log(f"strong candidates: {cands['strong_basis']} in the layer map: {cands['strong']}")
     fams = families(cands, p["grid"], prof.cfg_scale, twins)
     d = p["dev"]
     scorer = _scorer(profile, d, params, judge_path, runs_dir, twins, p.get("workers", 1))

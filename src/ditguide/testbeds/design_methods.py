@@ -31,22 +31,56 @@ class Method:
     knob: float | None = None  # the scale a family's Pareto curve is drawn along
 
 
-def candidates(layer_scores: dict, n_weak: int, n_strong: int) -> dict:
+def candidates(layer_scores: dict, n_weak: int, n_strong: int, bed=None) -> dict:
     """Weak edits: the layer map's weak candidates (positive error alignment), best first. Strong
     edits: its strong candidates (a generation-level improvement > 2 SE) that strengthen the model,
-    one per block, with the window of steps where the improvement was measured."""
+    one per block, with the window of steps where the improvement was measured.
+
+    When no strengthening edit clears 2 SE, the strong edits are the strengthening records with the
+    largest positive improvement in SE units (`strongest_estimates`, needs `bed`), and the result says
+    so (`strong_basis`): the dev search, not the map, then decides whether they help."""
     weak = [c["spec"] for c in layer_scores["candidates"]["weak"]][:n_weak]
-    strong, seen = [], set()
-    for c in layer_scores["candidates"]["strong"]:
-        if c["edit"] in STRENGTHENING and c["block"] not in seen:
-            seen.add(c["block"])
-            strong.append({"spec": c["spec"], "window": c["window"]})
+    strong = _one_per_block(c for c in layer_scores["candidates"]["strong"] if c["edit"] in STRENGTHENING)
+    basis = None
+    if not strong and bed is not None:
+        strong, basis = _one_per_block(strongest_estimates(layer_scores, bed)), "best estimate, none > 2 SE"
     if not weak or not strong[:n_strong]:
         raise ConfigError(
             f"the layer map has {len(weak)} weak and {len(strong)} strengthening strong candidates; "
             "guidance design needs at least one of each (rerun layer_analysis)"
         )
-    return {"weak": weak, "strong": strong[:n_strong]}
+    out = {"weak": weak, "strong": strong[:n_strong]}
+    return out if basis is None else out | {"strong_basis": basis}
+
+
+def _one_per_block(records) -> list[dict]:
+    strong, seen = [], set()
+    for c in records:
+        if c["block"] not in seen:
+            seen.add(c["block"])
+            strong.append({"spec": c["spec"], "window": c["window"]})
+    return strong
+
+
+def strongest_estimates(layer_scores: dict, bed) -> list[dict]:
+    """The layer map's strengthening generation records whose point estimate improves the bed's
+    alignment or quality metric, best first by the larger improvement in standard errors."""
+    from ..layer_map.configs import edit_string
+
+    a, q = bed.alignment, bed.quality
+    sign = 1.0 if bed.quality_higher_better else -1.0
+
+    def z(d: float, se: float) -> float:
+        return d / se if se > 0 else (np.inf if d > 0 else -np.inf)
+
+    ranked = []
+    for r in layer_scores["generation"]["records"]:
+        if r["edit"] in STRENGTHENING:
+            best = max(z(r[f"d_{a}"], r[f"d_{a}_se"]), z(sign * r[f"d_{q}"], r[f"d_{q}_se"]))
+            if best > 0:
+                ranked.append((best, r | {"spec": edit_string(r["edit"], r["block"])}))
+    ranked.sort(key=lambda x: -x[0])
+    return [r for _, r in ranked]
 
 
 def _window(name: str) -> list[float]:
