@@ -24,7 +24,10 @@ choosing the next retraining, not a result.
     python scripts/probe_t2v_shapes.py current --steps 6600 --batch-size 32 --eval-clips 1000 --out DIR
     python scripts/probe_t2v_shapes.py --judge-model data/clips/model --eval-clips 1000 --out DIR
 
-The last two are the training-budget probe (README, "What was tried"; benchmarks/results/probe_t2v_budget/).
+    python scripts/probe_t2v_shapes.py current --steps 6600 --batch-size 32 --single-fraction 0.75 --eval-clips 1000
+
+The last three are the training-budget probe (README, "What was tried"; benchmarks/results/probe_t2v_budget/);
+--single-fraction changes only the training captions' mix, never the test list.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +67,7 @@ SETS = {
 }
 _ORIGINAL_MASK = C.shape_mask
 _ORIGINAL_SHAPES, _ORIGINAL_HELDOUT = C.SHAPES, C.HELDOUT_PAIRS
+_ORIGINAL_SAMPLE = C.sample_clips
 
 
 def _mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -124,6 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("sets", nargs="*", help=f"shape sets (default: all of {', '.join(SETS)})")
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size, help="clips per optimiser step")
+    parser.add_argument(
+        "--single-fraction",
+        type=float,
+        default=C.SINGLE_FRACTION,
+        help="share of single-object captions in training (the test captions stay half pairs)",
+    )
     parser.add_argument("--eval-clips", type=int, default=500)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
@@ -166,8 +177,12 @@ def main(argv=None) -> int:
         return 0
     names = args.sets or list(SETS)
     unknown = [n for n in names if n not in SETS]
-    if unknown or args.steps < 1:
-        print(f"sets must be among {', '.join(SETS)} and --steps >= 1, got {unknown or args.steps}", file=sys.stderr)
+    if unknown or args.steps < 1 or not 0.0 <= args.single_fraction <= 1.0:
+        print(
+            f"sets must be among {', '.join(SETS)}, --steps >= 1 and --single-fraction in [0, 1], "
+            f"got {unknown or (args.steps, args.single_fraction)}",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +191,12 @@ def main(argv=None) -> int:
         cfg = replace(RECIPE, steps=args.steps, batch_size=args.batch_size)
         encoder = build_prompt_encoder(cfg)
         start = time.time()
-        model, losses, _ = train_clips_model(cfg, encoder, progress=False, log_every=max(1, cfg.steps // 4))
+        # only the training draws see the caption mix; judge() draws the fixed test list after the restore
+        C.sample_clips = partial(_ORIGINAL_SAMPLE, single_fraction=args.single_fraction)
+        try:
+            model, losses, _ = train_clips_model(cfg, encoder, progress=False, log_every=max(1, cfg.steps // 4))
+        finally:
+            C.sample_clips = _ORIGINAL_SAMPLE
         seconds = time.time() - start
         pipe = pipeline(model, encoder, cfg.frames)
         if args.save_model:
@@ -185,6 +205,7 @@ def main(argv=None) -> int:
             "set": name,
             "shapes": list(SETS[name]),
             "config": asdict(cfg),
+            "train_single_fraction": args.single_fraction,
             "train_seconds": round(seconds, 1),
             "final_loss": round(float(np.mean(losses[-100:])), 5),
             "cfg_scale": args.cfg_scale,
